@@ -1,0 +1,1 @@
+//! Webhook bridge (issue 6).

@@ -1,0 +1,2 @@
+//! Rookery: an MQTT broker in which groups are first-class topics.
+pub mod codec;
