@@ -124,10 +124,28 @@ mod tests {
 
     #[test]
     fn filters_follow_wildcard_placement_rules() {
-        for ok in ["#", "+", "a/#", "+/+", "/+", "a/+/b", "$SYS/#", "$share/g/a/#"] {
+        for ok in [
+            "#",
+            "+",
+            "a/#",
+            "+/+",
+            "/+",
+            "a/+/b",
+            "$SYS/#",
+            "$share/g/a/#",
+        ] {
             assert!(validate_topic_filter(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a#", "a/#/b", "a+", "+a/b", "$share/g", "$share//a", "$share/g+/a"] {
+        for bad in [
+            "",
+            "a#",
+            "a/#/b",
+            "a+",
+            "+a/b",
+            "$share/g",
+            "$share//a",
+            "$share/g+/a",
+        ] {
             assert!(validate_topic_filter(bad).is_err(), "{bad}");
         }
     }
@@ -135,7 +153,10 @@ mod tests {
     #[test]
     fn matching_follows_section_4_7() {
         assert!(filter_matches("sport/tennis/#", "sport/tennis"));
-        assert!(filter_matches("sport/tennis/#", "sport/tennis/player1/ranking"));
+        assert!(filter_matches(
+            "sport/tennis/#",
+            "sport/tennis/player1/ranking"
+        ));
         assert!(filter_matches("sport/+", "sport/"));
         assert!(!filter_matches("sport/+", "sport"));
         assert!(filter_matches("+/+", "/finance"));

@@ -67,6 +67,14 @@ impl MqttStr {
         Some(MqttStr(bytes))
     }
 
+    /// Wraps bytes the decoder has just checked with `std::str::from_utf8`, without checking
+    /// them a second time on the hot path.
+    #[inline]
+    pub(crate) fn from_validated(bytes: Bytes) -> MqttStr {
+        debug_assert!(std::str::from_utf8(&bytes).is_ok());
+        MqttStr(bytes)
+    }
+
     pub fn from_static(s: &'static str) -> MqttStr {
         MqttStr(Bytes::from_static(s.as_bytes()))
     }
