@@ -1,0 +1,286 @@
+//! Configuration: embedded defaults, then a TOML file (`--config`), then `ROOKERY_*`
+//! environment variables, then command-line flags — each overriding the one before.
+//!
+//! Environment variables name a key as `ROOKERY_<SECTION>_<KEY>` (or with a double
+//! underscore between section and key), e.g. `ROOKERY_MQTT_LISTEN=0.0.0.0:1883` or
+//! `ROOKERY_STORAGE__DURABILITY=none`. Values are parsed as TOML values when they parse
+//! (numbers, booleans) and taken as strings otherwise.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub mqtt: MqttConfig,
+    pub http: HttpConfig,
+    pub storage: StorageConfig,
+    pub auth: AuthConfig,
+    pub sys: SysConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    pub listen: SocketAddr,
+    pub tls_listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Cap on a client's keep-alive; a client asking for more (or for 0) gets this value in
+    /// CONNACK's Server Keep Alive (v5). 0 disables the cap.
+    pub max_keepalive: u16,
+    pub max_packet_size: u32,
+    pub max_connections: usize,
+    /// QoS 1/2 messages in flight to one client (v5: the minimum with its Receive Maximum).
+    pub max_inflight: u16,
+    /// Receive Maximum the broker announces: QoS 2 messages a client may have unreleased.
+    pub receive_maximum: u16,
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+    /// What to do with a QoS >= 1 message when a session's queue is full (QoS 0 messages
+    /// are always dropped first): `drop_new` drops the arriving message, `drop_oldest`
+    /// evicts the oldest queued one.
+    pub overflow_policy: OverflowPolicy,
+    /// Topic Alias Maximum the broker announces to v5 clients.
+    pub topic_alias_maximum: u16,
+    pub max_topic_length: usize,
+    pub max_topic_levels: usize,
+    /// Seconds a new connection has to send CONNECT before it is closed.
+    pub connect_timeout_secs: u64,
+    /// Session expiry granted to 3.1.1 persistent sessions and the cap for v5 (seconds).
+    pub max_session_expiry_secs: u32,
+    /// Queue QoS 0 messages for offline persistent sessions (Mosquitto's
+    /// `queue_qos0_messages`); off by default.
+    pub queue_qos0_offline: bool,
+    /// 3.1.1 clients denied a publish are disconnected instead of silently acknowledged.
+    pub disconnect_on_denied_publish: bool,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OverflowPolicy {
+    #[default]
+    DropNew,
+    DropOldest,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    #[default]
+    Strict,
+    Batched,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub allow_anonymous: bool,
+    pub admin_token: Option<String>,
+    pub acl_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SysConfig {
+    /// Seconds between `$SYS/broker/...` updates; 0 turns them off.
+    pub interval_secs: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            max_keepalive: 65535,
+            max_packet_size: 1_048_576,
+            max_connections: 100_000,
+            max_inflight: 100,
+            receive_maximum: 100,
+            max_queued_messages: 10_000,
+            max_queued_bytes: 64 * 1024 * 1024,
+            overflow_policy: OverflowPolicy::DropNew,
+            topic_alias_maximum: 64,
+            max_topic_length: 65_535,
+            max_topic_levels: 128,
+            connect_timeout_secs: 10,
+            max_session_expiry_secs: u32::MAX,
+            queue_qos0_offline: false,
+            disconnect_on_denied_publish: false,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("./rookery-data"),
+            durability: Durability::Strict,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            allow_anonymous: true,
+            admin_token: None,
+            acl_file: None,
+        }
+    }
+}
+
+impl Default for SysConfig {
+    fn default() -> Self {
+        SysConfig { interval_secs: 10 }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mqtt: MqttConfig::default(),
+            http: HttpConfig::default(),
+            storage: StorageConfig::default(),
+            auth: AuthConfig::default(),
+            sys: SysConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+const SECTIONS: [&str; 5] = ["mqtt", "http", "storage", "auth", "sys"];
+
+impl Config {
+    /// Builds the configuration from an optional TOML file and the given environment
+    /// variables (pass `std::env::vars()`); command-line flags are applied by the caller.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("ROOKERY_") else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            let Some((section, key)) = split_env_key(&rest) else {
+                continue;
+            };
+            let section_table = table
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(section_table) = section_table {
+                section_table.insert(key.to_string(), parse_env_value(&value));
+            }
+        }
+        toml::Value::Table(table)
+            .try_into::<Config>()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+}
+
+fn split_env_key(rest: &str) -> Option<(&str, &str)> {
+    if let Some((section, key)) = rest.split_once("__") {
+        return SECTIONS.contains(&section).then_some((section, key));
+    }
+    let (section, key) = rest.split_once('_')?;
+    SECTIONS.contains(&section).then_some((section, key))
+}
+
+fn parse_env_value(value: &str) -> toml::Value {
+    match format!("v = {value}").parse::<toml::Table>() {
+        Ok(mut parsed) => parsed
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(value.to_string())),
+        Err(_) => toml::Value::String(value.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let config = Config::load(None, Vec::new()).unwrap();
+        assert_eq!(config.mqtt.listen.to_string(), "127.0.0.1:1883");
+        assert_eq!(config.http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.storage.data_dir, PathBuf::from("./rookery-data"));
+        assert_eq!(config.storage.durability, Durability::Strict);
+        assert!(config.auth.allow_anonymous);
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rookery.toml");
+        std::fs::write(
+            &path,
+            "[mqtt]\nlisten = \"127.0.0.1:1999\"\nmax_inflight = 7\n[storage]\ndurability = \"batched\"\n",
+        )
+        .unwrap();
+        let env = vec![
+            ("ROOKERY_STORAGE__DURABILITY".to_string(), "none".to_string()),
+            ("ROOKERY_MQTT_MAX_INFLIGHT".to_string(), "9".to_string()),
+            ("ROOKERY_AUTH_ALLOW_ANONYMOUS".to_string(), "false".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let config = Config::load(Some(&path), env).unwrap();
+        assert_eq!(config.mqtt.listen.port(), 1999);
+        assert_eq!(config.mqtt.max_inflight, 9);
+        assert_eq!(config.storage.durability, Durability::None);
+        assert!(!config.auth.allow_anonymous);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let env = vec![("ROOKERY_MQTT_NO_SUCH_KEY".to_string(), "1".to_string())];
+        assert!(Config::load(None, env).is_err());
+    }
+}

@@ -1,0 +1,156 @@
+//! A message as it travels through the broker, and its encode-once cache.
+//!
+//! The router turns an incoming PUBLISH into one `Arc<Message>` shared by every delivery.
+//! The wire bytes of a PUBLISH depend only on the protocol family (3.x or 5), the QoS and
+//! retain flag the subscriber gets, and the subscription identifiers; for deliveries
+//! without subscription identifiers the bytes are encoded once per form and shared.
+//! QoS 1/2 forms are encoded with packet identifier 0, and the writer patches the
+//! identifier (and DUP) into its own copy.
+
+use crate::codec::{self, MqttStr, ProtocolVersion, Properties, Publish, QoS};
+use bytes::{Bytes, BytesMut};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+pub struct Message {
+    pub topic: MqttStr,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Properties passed through to subscribers (topic alias and subscription identifiers
+    /// removed; they are per-connection).
+    pub properties: Properties,
+    /// Client id of the publisher, for no-local [MQTT-3.8.3-3].
+    pub publisher: Arc<str>,
+    pub received_at: Instant,
+    /// When the message expires, from the Message Expiry Interval [MQTT-3.3.2-5].
+    pub expires_at: Option<Instant>,
+    /// [family (0 = 3.x, 1 = 5)][qos][retain]
+    encoded: [[[OnceLock<Bytes>; 2]; 3]; 2],
+}
+
+impl Message {
+    pub fn new(publish: Publish, publisher: Arc<str>) -> Message {
+        let received_at = Instant::now();
+        let mut properties = publish.properties;
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        let expires_at = properties
+            .message_expiry_interval
+            .map(|secs| received_at + std::time::Duration::from_secs(u64::from(secs)));
+        Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            properties,
+            publisher,
+            received_at,
+            expires_at,
+            encoded: Default::default(),
+        }
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// Approximate bytes this message holds, for queue accounting.
+    pub fn weight(&self) -> usize {
+        self.topic.len() + self.payload.len() + 64
+    }
+
+    /// The PUBLISH this message becomes for one subscriber.
+    pub fn to_publish(&self, qos: QoS, retain: bool, subscription_ids: &[u32]) -> Publish {
+        let mut properties = self.properties.clone();
+        properties.subscription_identifiers = subscription_ids.to_vec();
+        if let Some(expires_at) = self.expires_at {
+            // The forwarded interval is what remains of it [MQTT-3.3.2-6].
+            let left = expires_at.saturating_duration_since(Instant::now());
+            properties.message_expiry_interval = Some(left.as_secs().max(1) as u32);
+        }
+        Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: self.topic.clone(),
+            packet_id: if qos == QoS::AtMostOnce { 0 } else { 1 },
+            properties,
+            payload: self.payload.clone(),
+        }
+    }
+
+    /// The encoded PUBLISH for a subscriber without subscription identifiers, shared by
+    /// every such subscriber. Messages with an expiry are not cached: the interval left
+    /// differs per delivery.
+    pub fn encoded(&self, version: ProtocolVersion, qos: QoS, retain: bool) -> Option<&Bytes> {
+        if self.expires_at.is_some() {
+            return None;
+        }
+        let family = usize::from(version.is_v5());
+        let slot = &self.encoded[family][qos as usize][usize::from(retain)];
+        Some(slot.get_or_init(|| {
+            let publish = self.to_publish(qos, retain, &[]);
+            let mut buf = BytesMut::with_capacity(codec::encoded_len(
+                &codec::Packet::Publish(publish.clone()),
+                version,
+            ));
+            codec::encode::encode_publish(&publish, version, &mut buf);
+            buf.freeze()
+        }))
+    }
+}
+
+/// Offset of the packet identifier in an encoded PUBLISH with QoS > 0: after the fixed
+/// header (1 byte + variable length) and the topic (2-byte length + bytes).
+pub fn packet_id_offset(encoded: &[u8]) -> Option<usize> {
+    let mut index = 1;
+    loop {
+        let byte = *encoded.get(index)?;
+        index += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        if index > 5 {
+            return None;
+        }
+    }
+    let topic_len = usize::from(u16::from_be_bytes([
+        *encoded.get(index)?,
+        *encoded.get(index + 1)?,
+    ]));
+    let offset = index + 2 + topic_len;
+    (offset + 2 <= encoded.len()).then_some(offset)
+}
+
+/// Encodes properties for storage: as an MQTT 5 PUBLISH with an empty topic and payload,
+/// so the stored form is the standard property wire format, read back by the codec.
+pub fn encode_properties(properties: &Properties) -> Bytes {
+    if properties.is_empty() {
+        return Bytes::new();
+    }
+    let carrier = Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: MqttStr::default(),
+        packet_id: 0,
+        properties: properties.clone(),
+        payload: Bytes::new(),
+    };
+    let mut buf = BytesMut::new();
+    codec::encode::encode_publish(&carrier, ProtocolVersion::V5, &mut buf);
+    buf.freeze()
+}
+
+/// The inverse of [`encode_properties`]; `None` if the stored bytes are not valid.
+pub fn decode_properties(stored: &Bytes) -> Option<Properties> {
+    if stored.is_empty() {
+        return Some(Properties::default());
+    }
+    let mut buf = BytesMut::from(stored.as_ref());
+    match codec::decode_packet(&mut buf, ProtocolVersion::V5, usize::MAX) {
+        Ok(Some(codec::Packet::Publish(publish))) => Some(publish.properties),
+        _ => None,
+    }
+}

@@ -1,0 +1,177 @@
+//! Routing: the subscription trie, retained messages, and fan-out of each PUBLISH to the
+//! outboxes of the sessions that should receive it.
+//!
+//! Publishing takes the trie's read lock, so publishers run in parallel; subscribing takes
+//! the write lock briefly. Fan-out never waits on a subscriber: it only pushes onto
+//! bounded outboxes, whose overflow policy decides what happens when one is full.
+
+pub mod retained;
+pub mod trie;
+
+use crate::acl::{Access, Acl, Identity};
+use crate::codec::topic::parse_shared;
+use crate::codec::{QoS, SubscriptionOptions};
+use crate::message::Message;
+use crate::session::{Delivery, SessionCore, SessionState};
+use crate::stats::Stats;
+use retained::Retained;
+use std::sync::{Arc, RwLock};
+use trie::{Subscriber, Trie};
+
+pub struct Router {
+    trie: RwLock<Trie>,
+    pub retained: Retained,
+    acl: RwLock<Option<Arc<Acl>>>,
+    stats: Arc<Stats>,
+}
+
+impl Router {
+    pub fn new(retained: Retained, acl: Option<Acl>, stats: Arc<Stats>) -> Router {
+        Router {
+            trie: RwLock::new(Trie::new()),
+            retained,
+            acl: RwLock::new(acl.map(Arc::new)),
+            stats,
+        }
+    }
+
+    pub fn acl(&self) -> Option<Arc<Acl>> {
+        self.acl.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Routes one message: stores or clears it as retained, then queues one delivery per
+    /// matching session. Returns how many deliveries were queued.
+    pub fn publish(&self, message: Arc<Message>) -> usize {
+        if message.retain {
+            self.retained.set(&message);
+        }
+        let mut matches = Vec::new();
+        self.trie
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .matches(&message.topic, &mut matches);
+        if matches.is_empty() {
+            return 0;
+        }
+        let acl = self.acl();
+        // Overlapping subscriptions of one session give one delivery, with the highest
+        // QoS and every matching subscription identifier [MQTT-3.3.4-2] [MQTT-3.3.4-3].
+        // Shared subscriptions are separate: each group gets its own copy.
+        matches.sort_by_key(|s| (s.session.id, s.shared));
+        let mut queued = 0;
+        let mut index = 0;
+        while index < matches.len() {
+            let first = &matches[index];
+            let mut end = index + 1;
+            if !first.shared {
+                while end < matches.len()
+                    && matches[end].session.id == first.session.id
+                    && !matches[end].shared
+                {
+                    end += 1;
+                }
+            }
+            let group = &matches[index..end];
+            if let Some(delivery) = merge_delivery(&message, group, acl.as_deref(), &self.stats) {
+                if first.session.outbox.push(delivery).is_ok() {
+                    queued += 1;
+                }
+            }
+            index = end;
+        }
+        queued
+    }
+
+    /// Adds or replaces a subscription; returns whether one existed for this filter.
+    pub fn subscribe(
+        &self,
+        session: &Arc<SessionCore>,
+        username: Option<Arc<str>>,
+        filter: &str,
+        options: SubscriptionOptions,
+        subscription_id: Option<u32>,
+    ) -> bool {
+        let (share, plain) = split_share(filter);
+        let subscriber = Subscriber {
+            session: session.clone(),
+            options,
+            subscription_id,
+            shared: share.is_some(),
+            username,
+        };
+        let mut trie = self.trie.write().unwrap_or_else(|e| e.into_inner());
+        let existed = trie.insert(plain, share, subscriber);
+        self.stats
+            .subscriptions
+            .store(trie.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        existed
+    }
+
+    pub fn unsubscribe(&self, session: &SessionCore, filter: &str) -> bool {
+        let (share, plain) = split_share(filter);
+        let mut trie = self.trie.write().unwrap_or_else(|e| e.into_inner());
+        let removed = trie.remove(plain, share, session.id);
+        self.stats
+            .subscriptions
+            .store(trie.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        removed
+    }
+
+    /// Drops every subscription and queued message of a session that ended.
+    pub fn remove_session(&self, session: &SessionCore, state: &SessionState) {
+        for filter in state.subscriptions.keys() {
+            self.unsubscribe(session, filter);
+        }
+        session.outbox.clear();
+    }
+}
+
+fn split_share(filter: &str) -> (Option<&str>, &str) {
+    match parse_shared(filter) {
+        Some(Ok((name, inner))) => (Some(name), inner),
+        _ => (None, filter),
+    }
+}
+
+/// Builds the delivery for one session from all its matching subscriptions, or `None` when
+/// no-local or the ACL excludes it.
+fn merge_delivery(
+    message: &Arc<Message>,
+    subs: &[Subscriber],
+    acl: Option<&Acl>,
+    stats: &Stats,
+) -> Option<Delivery> {
+    let session = &subs.first()?.session;
+    let mut qos = None::<QoS>;
+    let mut retain = false;
+    let mut subscription_ids = Vec::new();
+    for sub in subs {
+        // [MQTT-3.8.3-3] no-local: not back to the publishing client.
+        if sub.options.no_local && *session.client_id == *message.publisher {
+            continue;
+        }
+        if let Some(acl) = acl {
+            let who = Identity {
+                username: sub.username.as_deref(),
+                client_id: &session.client_id,
+            };
+            if !acl.check_topic(who, &message.topic, Access::Read) {
+                Stats::add(&stats.acl_denied, 1);
+                continue;
+            }
+        }
+        let granted = message.qos.min(sub.options.qos);
+        qos = Some(qos.map_or(granted, |q| q.max(granted)));
+        // [MQTT-3.3.1-12] / [MQTT-3.3.1-13] retain as published, else cleared.
+        retain |= sub.options.retain_as_published && message.retain;
+        if let Some(id) = sub.subscription_id {
+            subscription_ids.push(id);
+        }
+    }
+    Some(Delivery {
+        message: message.clone(),
+        qos: qos?,
+        retain,
+        subscription_ids,
+    })
+}

@@ -1,0 +1,256 @@
+//! One client connection: the task that owns the socket and, while connected, the
+//! client's session state. Reading, writing and the session's outbox are driven from one
+//! `select!` loop, so a connection needs no locks of its own; publishers reach it only
+//! through the outbox.
+
+use super::Broker;
+use crate::codec::{self, reason, Disconnect, LastWill, MqttStr, Packet, ProtocolVersion};
+use crate::session::{Delivery, Detached, SessionCore, SessionState, TakeOver};
+use crate::stats::Stats;
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// Stop moving deliveries into the write buffer past this many bytes: the rest waits in
+/// the outbox, where the queue limits apply, until the socket takes what is buffered.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Deliveries moved from the outbox per fill.
+pub(super) const FILL_BATCH: usize = 256;
+/// How long a closing connection may spend flushing its last packets.
+const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
+
+/// Why a connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum End {
+    /// The client sent DISCONNECT. `with_will` for v5 reason 0x04 [MQTT-3.14.4-3].
+    Disconnected { with_will: bool },
+    /// The socket closed or failed, or keep-alive expired: the will is published.
+    Lost,
+    /// A protocol violation: v5 clients get DISCONNECT with this reason first.
+    Violation(u8),
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+pub(super) struct Connection {
+    pub broker: Arc<Broker>,
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub version: ProtocolVersion,
+    pub client_id: Arc<str>,
+    pub username: Option<Arc<str>>,
+    pub core: Arc<SessionCore>,
+    pub state: SessionState,
+    pub will: Option<LastWill>,
+    /// Keep-alive in effect; zero means none.
+    pub keep_alive: Duration,
+    /// The client's Maximum Packet Size: larger PUBLISH packets are not sent to it.
+    pub client_max_packet: usize,
+    /// In-flight window towards the client: min(max_inflight, its Receive Maximum).
+    pub inflight_limit: usize,
+    /// Topic aliases the broker assigned towards the client (v5).
+    pub client_alias_max: u16,
+    pub outbound_aliases: HashMap<MqttStr, u16>,
+    /// Topic aliases the client set towards the broker (v5).
+    pub inbound_aliases: HashMap<u16, MqttStr>,
+    pub wbuf: BytesMut,
+    pub scratch: Vec<Delivery>,
+    pub kick: mpsc::Receiver<TakeOver>,
+    pub ending: Option<End>,
+}
+
+/// Counts the connection for its whole life, including the handshake.
+struct ConnectionGuard(Arc<Stats>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0
+            .connections_current
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
+    Stats::add(&broker.stats.connections_current, 1);
+    Stats::add(&broker.stats.connections_total, 1);
+    let _guard = ConnectionGuard(broker.stats.clone());
+    let (mut reader, mut writer) = stream.into_split();
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let Some(connection) =
+        super::handshake::accept(&mut reader, &mut writer, &mut rbuf, peer, broker).await
+    else {
+        return;
+    };
+    connection.run(reader, writer, rbuf).await;
+}
+
+impl Connection {
+    /// Appends a control packet to the write buffer.
+    pub fn send(&mut self, packet: &Packet) {
+        if let Err(error) = codec::encode_packet(packet, self.version, &mut self.wbuf) {
+            tracing::error!(%error, client_id = %self.client_id, "packet not encodable");
+        }
+    }
+
+    /// Ends the connection after what is buffered has been written.
+    pub fn end(&mut self, end: End) {
+        if self.ending.is_none() {
+            self.ending = Some(end);
+        }
+    }
+
+    async fn run(mut self, mut reader: OwnedReadHalf, mut writer: OwnedWriteHalf, mut rbuf: BytesMut) {
+        let mut shutdown = self.broker.shutdown.clone();
+        let mut last_read = Instant::now();
+        let keep_alive_limit = self.keep_alive + self.keep_alive / 2;
+        let keep_alive_timer = tokio::time::sleep(keep_alive_limit.max(Duration::from_secs(1)));
+        tokio::pin!(keep_alive_timer);
+        let max_packet = self.broker.config.mqtt.max_packet_size as usize;
+        self.resend_inflight();
+        loop {
+            if self.wbuf.len() < WRITE_HIGH_WATER && self.ending.is_none() {
+                self.fill_from_outbox();
+            }
+            if self.ending.is_some() {
+                break;
+            }
+            if rbuf.capacity() - rbuf.len() < 1024 {
+                rbuf.reserve(8192);
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => self.end(End::Shutdown),
+                Some(take_over) = self.kick.recv() => {
+                    self.hand_over(take_over, &mut writer).await;
+                    return;
+                }
+                written = writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => {
+                    match written {
+                        Ok(0) | Err(_) => self.end(End::Lost),
+                        Ok(n) => Stats::add(&self.broker.stats.bytes_sent, n as u64),
+                    }
+                }
+                read = reader.read_buf(&mut rbuf) => {
+                    match read {
+                        Ok(0) | Err(_) => self.end(End::Lost),
+                        Ok(n) => {
+                            last_read = Instant::now();
+                            Stats::add(&self.broker.stats.bytes_received, n as u64);
+                            self.decode_all(&mut rbuf, max_packet);
+                        }
+                    }
+                }
+                _ = self.core.outbox.ready.notified(), if self.wbuf.len() < WRITE_HIGH_WATER => {}
+                _ = &mut keep_alive_timer, if !self.keep_alive.is_zero() => {
+                    // [MQTT-3.1.2-24] one and a half times the keep-alive without a packet.
+                    let deadline = last_read + keep_alive_limit;
+                    if Instant::now() >= deadline {
+                        tracing::debug!(client_id = %self.client_id, "keep-alive expired");
+                        self.end(End::Violation(reason::KEEP_ALIVE_TIMEOUT));
+                    } else {
+                        keep_alive_timer.as_mut().reset(deadline.into());
+                    }
+                }
+            }
+        }
+        let end = self.ending.unwrap_or(End::Lost);
+        self.close(end, &mut writer).await;
+    }
+
+    fn decode_all(&mut self, rbuf: &mut BytesMut, max_packet: usize) {
+        while self.ending.is_none() {
+            match codec::decode_packet(rbuf, self.version, max_packet) {
+                Ok(Some(packet)) => {
+                    Stats::add(&self.broker.stats.messages_received, 1);
+                    self.handle(packet);
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    Stats::add(&self.broker.stats.protocol_errors, 1);
+                    tracing::debug!(client_id = %self.client_id, %error, "bad packet: closing");
+                    self.end(End::Violation(error.reason_code()));
+                }
+            }
+        }
+    }
+
+    /// Answers a take-over: DISCONNECT 0x8E to this client [MQTT-3.1.4-3], its will as on
+    /// any ended connection, and the session state to the new connection.
+    async fn hand_over(&mut self, take_over: TakeOver, writer: &mut OwnedWriteHalf) {
+        if self.version.is_v5() {
+            self.send(&Packet::Disconnect(Disconnect {
+                reason_code: reason::SESSION_TAKEN_OVER,
+                ..Default::default()
+            }));
+        }
+        self.flush(writer).await;
+        self.publish_will();
+        let _ = take_over.reply.send(std::mem::take(&mut self.state));
+    }
+
+    async fn flush(&mut self, writer: &mut OwnedWriteHalf) {
+        let write = async {
+            while !self.wbuf.is_empty() {
+                if writer.write_buf(&mut self.wbuf).await.unwrap_or(0) == 0 {
+                    break;
+                }
+            }
+            let _ = writer.shutdown().await;
+        };
+        let _ = tokio::time::timeout(FLUSH_ON_CLOSE, write).await;
+    }
+
+    async fn close(mut self, end: End, writer: &mut OwnedWriteHalf) {
+        let disconnect_reason = match end {
+            End::Violation(code) => Some(code),
+            End::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
+            _ => None,
+        };
+        if let (Some(code), true) = (disconnect_reason, self.version.is_v5()) {
+            self.send(&Packet::Disconnect(Disconnect {
+                reason_code: code,
+                ..Default::default()
+            }));
+        }
+        self.flush(writer).await;
+        self.core.outbox.set_online(false);
+        match end {
+            End::Disconnected { with_will: false } | End::Shutdown => {}
+            _ => self.publish_will(),
+        }
+        let expiry = if self.state.expiry_interval == u32::MAX {
+            Duration::MAX
+        } else {
+            Duration::from_secs(u64::from(self.state.expiry_interval))
+        };
+        let state = std::mem::take(&mut self.state);
+        match self.broker.registry.detach(&self.client_id, self.id, state, expiry) {
+            Detached::Parked => {}
+            Detached::Removed(core, state) => self.broker.router.remove_session(&core, &state),
+            Detached::NotOwner(state) => {
+                if let Ok(take_over) = self.kick.try_recv() {
+                    let _ = take_over.reply.send(state);
+                }
+            }
+        }
+        tracing::debug!(client_id = %self.client_id, peer = %self.peer, ?end, "connection closed");
+    }
+
+    fn publish_will(&mut self) {
+        if let Some(will) = self.will.take() {
+            super::will::schedule(
+                self.broker.clone(),
+                will,
+                self.client_id.clone(),
+                self.id,
+                self.state.expiry_interval,
+            );
+        }
+    }
+}

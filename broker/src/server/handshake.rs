@@ -1,0 +1,273 @@
+//! CONNECT → CONNACK: protocol checks, client identifier, authentication, keep-alive, and
+//! claiming the session (new, resumed or taken over).
+
+use super::connection::Connection;
+use super::Broker;
+use crate::acl::{Access, Identity};
+use crate::codec::{self, reason, ConnAck, Connect, MqttStr, Packet, Properties, ProtocolVersion};
+use crate::session::{Attached, OutboxLimits, SessionState};
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+
+/// How long a new connection waits for a taken-over connection to hand its session on.
+const TAKE_OVER_WAIT: Duration = Duration::from_secs(5);
+
+/// Reads CONNECT within the connect timeout and answers it. Returns the connection ready
+/// to run, or `None` when it was refused (CONNACK with a failure code already sent).
+pub(super) async fn accept(
+    reader: &mut OwnedReadHalf,
+    writer: &mut OwnedWriteHalf,
+    rbuf: &mut BytesMut,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+) -> Option<Connection> {
+    let timeout = Duration::from_secs(broker.config.mqtt.connect_timeout_secs.max(1));
+    let max_packet = broker.config.mqtt.max_packet_size as usize;
+    let first = tokio::time::timeout(timeout, read_first_packet(reader, rbuf, max_packet)).await;
+    let connect = match first {
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT within the connect timeout: closing");
+            return None;
+        }
+        Ok(Err(codec::DecodeError::UnsupportedProtocol(level))) => {
+            // [MQTT-3.1.2-2] answer with return code 0x01 (3.1.1 form; v5 0x84 below).
+            let code = if level == 5 { reason::UNSUPPORTED_PROTOCOL_VERSION } else { 0x01 };
+            let _ = writer.write_all(&[0x20, 0x02, 0x00, code]).await;
+            return None;
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "bad CONNECT: closing");
+            broker.stats.protocol_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return None;
+        }
+        Ok(Ok(None)) => return None,
+        Ok(Ok(Some(Packet::Connect(connect)))) => connect,
+        Ok(Ok(Some(_))) => {
+            // [MQTT-3.1.0-1] the first packet must be CONNECT.
+            tracing::debug!(%peer, "first packet is not CONNECT: closing");
+            return None;
+        }
+    };
+    let version = connect.protocol;
+    match admit(*connect, peer, broker, version).await {
+        Ok(mut connection) => {
+            if flush(writer, &mut connection.wbuf).await {
+                Some(connection)
+            } else {
+                None
+            }
+        }
+        Err(code) => {
+            let mut buf = BytesMut::new();
+            let refusal = Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason_code: code,
+                properties: Properties::default(),
+            });
+            if codec::encode_packet(&refusal, version, &mut buf).is_ok() {
+                let _ = writer.write_all(&buf).await;
+            }
+            None
+        }
+    }
+}
+
+async fn read_first_packet(
+    reader: &mut OwnedReadHalf,
+    rbuf: &mut BytesMut,
+    max_packet: usize,
+) -> Result<Option<Packet>, codec::DecodeError> {
+    loop {
+        if let Some(packet) = codec::decode_packet(rbuf, ProtocolVersion::V5, max_packet)? {
+            return Ok(Some(packet));
+        }
+        rbuf.reserve(1024);
+        match reader.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn flush(writer: &mut OwnedWriteHalf, wbuf: &mut BytesMut) -> bool {
+    let ok = writer.write_all(wbuf).await.is_ok();
+    wbuf.clear();
+    ok
+}
+
+/// Decides on a CONNECT; `Err` carries the CONNACK failure reason code.
+async fn admit(
+    connect: Connect,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    version: ProtocolVersion,
+) -> Result<Connection, u8> {
+    let config = &broker.config.mqtt;
+    if connect.properties.authentication_method.is_some() {
+        // No enhanced authentication method is supported [MQTT-4.12.0-1].
+        return Err(reason::BAD_AUTHENTICATION_METHOD);
+    }
+    if connect.username.is_none() && !broker.config.auth.allow_anonymous {
+        return Err(reason::NOT_AUTHORIZED);
+    }
+    let mut assigned = None;
+    let client_id: Arc<str> = if connect.client_id.is_empty() {
+        // [MQTT-3.1.3-7] / [MQTT-3.1.3-8]: 3.1.1 allows an empty id only with a clean
+        // session; 3.1 not at all; v5 always, with an Assigned Client Identifier.
+        if version == ProtocolVersion::V31 || (version == ProtocolVersion::V311 && !connect.clean_start) {
+            return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
+        }
+        let id = generate_client_id();
+        assigned = Some(MqttStr::from(id.as_str()));
+        Arc::from(id.as_str())
+    } else {
+        Arc::from(connect.client_id.as_str())
+    };
+    let username: Option<Arc<str>> = connect.username.as_ref().map(|u| Arc::from(u.as_str()));
+    if let Some(will) = &connect.will {
+        let topic_ok = !will.topic.starts_with('$')
+            && will.topic.len() <= config.max_topic_length
+            && will.topic.split('/').count() <= config.max_topic_levels;
+        let who = Identity {
+            username: username.as_deref(),
+            client_id: &client_id,
+        };
+        let acl_ok = broker
+            .router
+            .acl()
+            .is_none_or(|acl| acl.check_topic(who, &will.topic, Access::Write));
+        if !topic_ok {
+            return Err(reason::TOPIC_NAME_INVALID);
+        }
+        if !acl_ok {
+            return Err(reason::NOT_AUTHORIZED);
+        }
+    }
+
+    // Keep-alive: the server cap applies to v5 through Server Keep Alive [MQTT-3.2.2-22].
+    let mut server_keep_alive = None;
+    let mut keep_alive = connect.keep_alive;
+    if version.is_v5() && config.max_keepalive > 0 && (keep_alive == 0 || keep_alive > config.max_keepalive) {
+        keep_alive = config.max_keepalive;
+        server_keep_alive = Some(keep_alive);
+    }
+
+    let session_expiry = match version {
+        ProtocolVersion::V5 => connect
+            .properties
+            .session_expiry_interval
+            .unwrap_or(0)
+            .min(config.max_session_expiry_secs),
+        _ if connect.clean_start => 0,
+        _ => config.max_session_expiry_secs,
+    };
+
+    let limits = OutboxLimits {
+        max_messages: config.max_queued_messages.max(1),
+        max_bytes: config.max_queued_bytes.max(1),
+        policy: config.overflow_policy,
+        queue_qos0_offline: config.queue_qos0_offline,
+    };
+    let connection_id = broker.next_connection_id();
+    let (kick_tx, kick_rx) = mpsc::channel(1);
+    let (core, mut state, present) = match broker.registry.attach(
+        client_id.clone(),
+        connect.clean_start,
+        connection_id,
+        kick_tx,
+        limits,
+    ) {
+        Attached::Ready {
+            core,
+            state,
+            present,
+            discarded,
+        } => {
+            if let Some((old_core, old_state)) = discarded {
+                broker.router.remove_session(&old_core, &old_state);
+            }
+            (core, state, present)
+        }
+        Attached::TakingOver {
+            core,
+            state,
+            clean_start,
+        } => {
+            let handed = match tokio::time::timeout(TAKE_OVER_WAIT, state).await {
+                Ok(Ok(state)) => state,
+                _ => broker.registry.take_parked(&client_id).unwrap_or_default(),
+            };
+            if clean_start {
+                broker.router.remove_session(&core, &handed);
+                let fresh = broker.registry.new_core(client_id.clone(), limits);
+                broker.registry.replace_core(&client_id, fresh.clone());
+                (fresh, SessionState::default(), false)
+            } else {
+                (core, handed, true)
+            }
+        }
+    };
+    state.expiry_interval = session_expiry;
+    core.outbox.set_online(true);
+
+    let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+    let inflight_limit = usize::from(config.max_inflight.min(client_receive_max).max(1));
+    let mut properties = Properties::default();
+    if version.is_v5() {
+        properties.assigned_client_identifier = assigned;
+        properties.server_keep_alive = server_keep_alive;
+        properties.receive_maximum = Some(config.receive_maximum.max(1));
+        properties.topic_alias_maximum = Some(config.topic_alias_maximum);
+        properties.maximum_packet_size = Some(config.max_packet_size);
+        properties.retain_available = Some(1);
+        properties.wildcard_subscription_available = Some(1);
+        properties.subscription_identifier_available = Some(1);
+        properties.shared_subscription_available = Some(1);
+    }
+    let connack = Packet::ConnAck(ConnAck {
+        // [MQTT-3.2.2-1] with clean start the session is new.
+        session_present: present && !connect.clean_start,
+        reason_code: reason::SUCCESS,
+        properties,
+    });
+    tracing::debug!(%peer, %client_id, ?version, present, "client connected");
+    let mut connection = Connection {
+        broker: broker.clone(),
+        id: connection_id,
+        peer,
+        version,
+        client_id,
+        username,
+        core,
+        state,
+        will: connect.will,
+        keep_alive: Duration::from_secs(u64::from(keep_alive)),
+        client_max_packet: connect
+            .properties
+            .maximum_packet_size
+            .map_or(usize::MAX, |max| max as usize),
+        inflight_limit,
+        client_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
+        outbound_aliases: HashMap::new(),
+        inbound_aliases: HashMap::new(),
+        wbuf: BytesMut::with_capacity(4096),
+        scratch: Vec::new(),
+        kick: kick_rx,
+        ending: None,
+    };
+    connection.send(&connack);
+    Ok(connection)
+}
+
+/// A broker-assigned client identifier: unique, and recognisable in logs.
+fn generate_client_id() -> String {
+    use rand::Rng;
+    let n: u64 = rand::thread_rng().gen();
+    format!("rookery-{n:016x}")
+}

@@ -1,0 +1,313 @@
+//! Packets from the client, once connected.
+
+use super::connection::{Connection, End};
+use crate::acl::{Access, Identity};
+use crate::codec::topic::{parse_shared, validate_topic_filter};
+use crate::codec::{
+    reason, Disconnect, MqttStr, Packet, PubResponse, Publish, QoS, RetainHandling, SubAck,
+    Subscribe, UnsubAck, Unsubscribe,
+};
+use crate::message::Message;
+use crate::session::{Delivery, SessionSubscription};
+use crate::stats::Stats;
+use std::sync::Arc;
+
+impl Connection {
+    pub(super) fn handle(&mut self, packet: Packet) {
+        match packet {
+            Packet::Publish(publish) => self.on_publish(publish),
+            Packet::PubAck(ack) => self.on_puback(ack),
+            Packet::PubRec(rec) => self.on_pubrec(rec),
+            Packet::PubRel(rel) => self.on_pubrel(rel),
+            Packet::PubComp(comp) => self.on_pubcomp(comp),
+            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe),
+            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
+            Packet::PingReq => self.send(&Packet::PingResp),
+            Packet::Disconnect(disconnect) => self.on_disconnect(disconnect),
+            // [MQTT-3.1.0-2] a second CONNECT is a protocol violation; so is AUTH without an
+            // authentication method, and any packet only a server sends.
+            _ => self.end(End::Violation(reason::PROTOCOL_ERROR)),
+        }
+    }
+
+    fn who(&self) -> Identity<'_> {
+        Identity {
+            username: self.username.as_deref(),
+            client_id: &self.client_id,
+        }
+    }
+
+    /// Refuses a PUBLISH: v5 gets the reason in PUBACK/PUBREC; 3.1.1 gets the normal
+    /// acknowledgement and the message is dropped [MQTT-3.3.5-2], or is disconnected when
+    /// configured so.
+    fn refuse_publish(&mut self, publish: &Publish, code: u8) {
+        Stats::add(&self.broker.stats.acl_denied, 1);
+        tracing::debug!(client_id = %self.client_id, topic = %publish.topic, code, "publish refused");
+        if !self.version.is_v5() && self.broker.config.mqtt.disconnect_on_denied_publish {
+            self.end(End::Violation(code));
+            return;
+        }
+        let code = if self.version.is_v5() { code } else { reason::SUCCESS };
+        match publish.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(PubResponse::new(publish.packet_id, code))),
+            QoS::ExactlyOnce => {
+                if code < 0x80 {
+                    self.state.incoming_qos2.insert(publish.packet_id);
+                }
+                self.send(&Packet::PubRec(PubResponse::new(publish.packet_id, code)));
+            }
+        }
+    }
+
+    fn on_publish(&mut self, mut publish: Publish) {
+        Stats::add(&self.broker.stats.publish_received, 1);
+        if !self.resolve_topic_alias(&mut publish) {
+            return;
+        }
+        let config = &self.broker.config.mqtt;
+        if publish.topic.len() > config.max_topic_length
+            || publish.topic.split('/').count() > config.max_topic_levels
+        {
+            self.end(End::Violation(reason::TOPIC_NAME_INVALID));
+            return;
+        }
+        if publish.qos == QoS::ExactlyOnce {
+            if self.state.incoming_qos2.contains(&publish.packet_id) {
+                // A resent QoS 2 PUBLISH: acknowledged again, not delivered again [MQTT-4.3.3-10].
+                self.send(&Packet::PubRec(PubResponse::new(publish.packet_id, reason::SUCCESS)));
+                return;
+            }
+            if self.state.incoming_qos2.len() >= usize::from(config.receive_maximum.max(1)) {
+                // [MQTT-3.3.4-7] more unacknowledged QoS 2 than our Receive Maximum.
+                self.end(End::Violation(reason::RECEIVE_MAXIMUM_EXCEEDED));
+                return;
+            }
+        }
+        // Clients may not publish to `$` topics [SPEC §5]; the ACL file governs the rest.
+        if publish.topic.starts_with('$') {
+            self.refuse_publish(&publish, reason::NOT_AUTHORIZED);
+            return;
+        }
+        if let Some(acl) = self.broker.router.acl() {
+            if !acl.check_topic(self.who(), &publish.topic, Access::Write) {
+                self.refuse_publish(&publish, reason::NOT_AUTHORIZED);
+                return;
+            }
+        }
+        let qos = publish.qos;
+        let packet_id = publish.packet_id;
+        let message = Arc::new(Message::new(publish, self.client_id.clone()));
+        self.broker.router.publish(message);
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(PubResponse::new(packet_id, reason::SUCCESS))),
+            QoS::ExactlyOnce => {
+                self.state.incoming_qos2.insert(packet_id);
+                self.send(&Packet::PubRec(PubResponse::new(packet_id, reason::SUCCESS)));
+            }
+        }
+    }
+
+    /// Applies the v5 Topic Alias of an incoming PUBLISH; false if the connection ends.
+    fn resolve_topic_alias(&mut self, publish: &mut Publish) -> bool {
+        let Some(alias) = publish.properties.topic_alias.take() else {
+            if publish.topic.is_empty() {
+                // An empty topic without an alias [MQTT-3.3.2-1].
+                self.end(End::Violation(reason::PROTOCOL_ERROR));
+                return false;
+            }
+            return true;
+        };
+        if alias == 0 || alias > self.broker.config.mqtt.topic_alias_maximum {
+            // [MQTT-3.3.2-9] / [MQTT-3.3.2-10]
+            self.end(End::Violation(reason::TOPIC_ALIAS_INVALID));
+            return false;
+        }
+        if publish.topic.is_empty() {
+            match self.inbound_aliases.get(&alias) {
+                Some(topic) => publish.topic = topic.clone(),
+                None => {
+                    self.end(End::Violation(reason::PROTOCOL_ERROR));
+                    return false;
+                }
+            }
+        } else {
+            self.inbound_aliases.insert(alias, publish.topic.clone());
+        }
+        true
+    }
+
+    fn on_puback(&mut self, ack: PubResponse) {
+        if let Some(inflight) = self.state.inflight.get(&ack.packet_id) {
+            if inflight.delivery.qos == QoS::AtLeastOnce {
+                self.state.inflight.remove(&ack.packet_id);
+            }
+        }
+    }
+
+    fn on_pubrec(&mut self, rec: PubResponse) {
+        let known = match self.state.inflight.get_mut(&rec.packet_id) {
+            Some(inflight) if inflight.delivery.qos == QoS::ExactlyOnce => {
+                if rec.reason_code >= 0x80 {
+                    // The client refused the message: the exchange ends here [MQTT-4.3.3-4].
+                    self.state.inflight.remove(&rec.packet_id);
+                    return;
+                }
+                inflight.released = true;
+                true
+            }
+            _ => false,
+        };
+        let code = if known { reason::SUCCESS } else { reason::PACKET_IDENTIFIER_NOT_FOUND };
+        self.send(&Packet::PubRel(PubResponse::new(rec.packet_id, code)));
+    }
+
+    fn on_pubrel(&mut self, rel: PubResponse) {
+        let code = if self.state.incoming_qos2.remove(&rel.packet_id) {
+            reason::SUCCESS
+        } else {
+            reason::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        self.send(&Packet::PubComp(PubResponse::new(rel.packet_id, code)));
+    }
+
+    fn on_pubcomp(&mut self, comp: PubResponse) {
+        if self.state.inflight.get(&comp.packet_id).is_some_and(|f| f.released) {
+            self.state.inflight.remove(&comp.packet_id);
+        }
+    }
+
+    fn on_subscribe(&mut self, subscribe: Subscribe) {
+        let subscription_id = subscribe.properties.subscription_identifiers.first().copied();
+        let mut reason_codes = Vec::with_capacity(subscribe.filters.len());
+        let mut retained = Vec::new();
+        for (filter, options) in &subscribe.filters {
+            let code = self.subscribe_one(filter, *options, subscription_id, &mut retained);
+            match code {
+                Ok(code) => reason_codes.push(code),
+                Err(violation) => {
+                    self.end(End::Violation(violation));
+                    return;
+                }
+            }
+        }
+        self.send(&Packet::SubAck(SubAck {
+            packet_id: subscribe.packet_id,
+            reason_codes,
+            properties: Default::default(),
+        }));
+        for delivery in retained {
+            // Our own outbox: the messages follow the SUBACK, in order, under the same
+            // queue limits as any other delivery.
+            let _ = self.core.outbox.push(delivery);
+        }
+    }
+
+    /// One filter of a SUBSCRIBE: the granted QoS, a failure reason code, or `Err` with a
+    /// reason to close the connection.
+    fn subscribe_one(
+        &mut self,
+        filter: &MqttStr,
+        options: crate::codec::SubscriptionOptions,
+        subscription_id: Option<u32>,
+        retained: &mut Vec<Delivery>,
+    ) -> Result<u8, u8> {
+        let config = &self.broker.config.mqtt;
+        if validate_topic_filter(filter).is_err()
+            || filter.len() > config.max_topic_length
+            || filter.split('/').count() > config.max_topic_levels
+        {
+            return Ok(reason::TOPIC_FILTER_INVALID);
+        }
+        let shared = parse_shared(filter).is_some();
+        if shared && options.no_local {
+            // [MQTT-3.8.3-4] no-local on a shared subscription is a protocol error.
+            return Err(reason::PROTOCOL_ERROR);
+        }
+        let plain = match parse_shared(filter) {
+            Some(Ok((_, inner))) => inner,
+            _ => filter.as_str(),
+        };
+        if let Some(acl) = self.broker.router.acl() {
+            if !acl.check_subscribe(self.who(), plain) {
+                Stats::add(&self.broker.stats.acl_denied, 1);
+                return Ok(reason::NOT_AUTHORIZED);
+            }
+        }
+        let existed = self.broker.router.subscribe(
+            &self.core,
+            self.username.clone(),
+            filter,
+            options,
+            subscription_id,
+        );
+        self.state.subscriptions.insert(
+            filter.to_string(),
+            SessionSubscription {
+                options,
+                subscription_id,
+            },
+        );
+        // Retained messages: never for shared subscriptions [MQTT-3.8.4-?], and per the
+        // Retain Handling option [MQTT-3.3.1-9] [MQTT-3.3.1-10] [MQTT-3.3.1-11].
+        let send_retained = !shared
+            && match options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendAtSubscribeIfNew => !existed,
+                RetainHandling::DoNotSend => false,
+            };
+        if send_retained {
+            let acl = self.broker.router.acl();
+            for message in self.broker.router.retained.matching(plain) {
+                if acl
+                    .as_ref()
+                    .is_some_and(|acl| !acl.check_topic(self.who(), &message.topic, Access::Read))
+                {
+                    continue;
+                }
+                retained.push(Delivery {
+                    qos: message.qos.min(options.qos),
+                    retain: true,
+                    subscription_ids: subscription_id.into_iter().collect(),
+                    message,
+                });
+            }
+        }
+        Ok(options.qos as u8)
+    }
+
+    fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        let reason_codes = unsubscribe
+            .filters
+            .iter()
+            .map(|filter| {
+                let existed = self.state.subscriptions.remove(filter.as_str()).is_some();
+                self.broker.router.unsubscribe(&self.core, filter);
+                if existed {
+                    reason::SUCCESS
+                } else {
+                    reason::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect();
+        self.send(&Packet::UnsubAck(UnsubAck {
+            packet_id: unsubscribe.packet_id,
+            reason_codes,
+            properties: Default::default(),
+        }));
+    }
+
+    fn on_disconnect(&mut self, disconnect: Disconnect) {
+        if let Some(expiry) = disconnect.properties.session_expiry_interval {
+            if self.state.expiry_interval == 0 && expiry != 0 {
+                // [MQTT-3.14.2-2] cannot turn a zero session expiry into a non-zero one.
+                self.end(End::Violation(reason::PROTOCOL_ERROR));
+                return;
+            }
+            self.state.expiry_interval = expiry.min(self.broker.config.mqtt.max_session_expiry_secs);
+        }
+        let with_will = disconnect.reason_code == reason::DISCONNECT_WITH_WILL;
+        self.end(End::Disconnected { with_will });
+    }
+}

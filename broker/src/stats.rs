@@ -1,0 +1,96 @@
+//! Broker-wide counters, read by `$SYS` (and later `/metrics`). Relaxed atomics: they are
+//! statistics, not synchronisation.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+pub struct Stats {
+    pub started: Instant,
+    pub connections_current: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub publish_received: AtomicU64,
+    pub publish_sent: AtomicU64,
+    pub dropped_qos0: AtomicU64,
+    pub dropped_qos12: AtomicU64,
+    pub dropped_expired: AtomicU64,
+    pub dropped_too_large: AtomicU64,
+    pub acl_denied: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub subscriptions: AtomicU64,
+    pub retained: AtomicU64,
+    pub sessions: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            started: Instant::now(),
+            connections_current: AtomicU64::new(0),
+            connections_total: AtomicU64::new(0),
+            messages_received: AtomicU64::new(0),
+            messages_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            publish_received: AtomicU64::new(0),
+            publish_sent: AtomicU64::new(0),
+            dropped_qos0: AtomicU64::new(0),
+            dropped_qos12: AtomicU64::new(0),
+            dropped_expired: AtomicU64::new(0),
+            dropped_too_large: AtomicU64::new(0),
+            acl_denied: AtomicU64::new(0),
+            protocol_errors: AtomicU64::new(0),
+            subscriptions: AtomicU64::new(0),
+            retained: AtomicU64::new(0),
+            sessions: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    pub fn dropped_total(&self) -> u64 {
+        Self::get(&self.dropped_qos0)
+            + Self::get(&self.dropped_qos12)
+            + Self::get(&self.dropped_expired)
+            + Self::get(&self.dropped_too_large)
+    }
+
+    /// `$SYS/broker/...` topic names and their current values (Mosquitto's names where
+    /// they exist, so existing dashboards work).
+    pub fn sys_values(&self) -> Vec<(&'static str, String)> {
+        let g = Self::get;
+        vec![
+            ("$SYS/broker/version", concat!("rookery ", env!("CARGO_PKG_VERSION")).to_string()),
+            ("$SYS/broker/uptime", format!("{} seconds", self.started.elapsed().as_secs())),
+            ("$SYS/broker/clients/connected", g(&self.connections_current).to_string()),
+            ("$SYS/broker/clients/total", g(&self.sessions).to_string()),
+            ("$SYS/broker/connections/total", g(&self.connections_total).to_string()),
+            ("$SYS/broker/messages/received", g(&self.messages_received).to_string()),
+            ("$SYS/broker/messages/sent", g(&self.messages_sent).to_string()),
+            ("$SYS/broker/publish/messages/received", g(&self.publish_received).to_string()),
+            ("$SYS/broker/publish/messages/sent", g(&self.publish_sent).to_string()),
+            ("$SYS/broker/publish/messages/dropped", self.dropped_total().to_string()),
+            ("$SYS/broker/publish/messages/dropped/qos0", g(&self.dropped_qos0).to_string()),
+            ("$SYS/broker/publish/messages/dropped/qos12", g(&self.dropped_qos12).to_string()),
+            ("$SYS/broker/publish/messages/dropped/expired", g(&self.dropped_expired).to_string()),
+            ("$SYS/broker/publish/messages/dropped/too_large", g(&self.dropped_too_large).to_string()),
+            ("$SYS/broker/bytes/received", g(&self.bytes_received).to_string()),
+            ("$SYS/broker/bytes/sent", g(&self.bytes_sent).to_string()),
+            ("$SYS/broker/subscriptions/count", g(&self.subscriptions).to_string()),
+            ("$SYS/broker/retained messages/count", g(&self.retained).to_string()),
+            ("$SYS/broker/acl/denied", g(&self.acl_denied).to_string()),
+            ("$SYS/broker/protocol_errors", g(&self.protocol_errors).to_string()),
+        ]
+    }
+}

@@ -1,0 +1,40 @@
+//! Plain records that cross the storage boundary.
+
+use bytes::Bytes;
+
+/// A message as stored: enough to deliver it again exactly as it was published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    /// MQTT 5 properties to pass on (user properties, content type, ...), opaque here:
+    /// the broker encodes them in the MQTT 5 property wire format.
+    pub properties: Bytes,
+    /// Client id of the publisher (for no-local).
+    pub publisher: String,
+    /// Milliseconds since the Unix epoch when the broker received the message.
+    pub received_at_ms: u64,
+    /// Message Expiry Interval in seconds, if the publisher set one.
+    pub expiry_interval: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSubscription {
+    pub filter: String,
+    pub qos: u8,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub retain_handling: u8,
+    pub subscription_id: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    pub client_id: String,
+    pub subscriptions: Vec<StoredSubscription>,
+    /// Session Expiry Interval in seconds; `u32::MAX` means never.
+    pub expiry_interval: u32,
+    /// Milliseconds since the Unix epoch when the client disconnected (0 while connected).
+    pub disconnected_at_ms: u64,
+}
