@@ -125,7 +125,7 @@ impl Connection {
             }
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => self.end(End::Shutdown),
+                Ok(()) = shutdown.changed() => self.end(End::Shutdown),
                 Some(take_over) = self.kick.recv() => {
                     self.hand_over(take_over, &mut writer).await;
                     return;

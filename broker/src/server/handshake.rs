@@ -214,6 +214,7 @@ async fn admit(
         }
     };
     state.expiry_interval = session_expiry;
+    core.outbox.set_limits(limits);
     core.outbox.set_online(true);
 
     let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);

@@ -40,6 +40,7 @@ pub struct OutboxLimits {
 }
 
 struct Queue {
+    limits: OutboxLimits,
     deliveries: VecDeque<Delivery>,
     bytes: usize,
     qos0_queued: usize,
@@ -57,7 +58,6 @@ pub struct Outbox {
     queue: Mutex<Queue>,
     /// Wakes the connection task when the queue goes from empty to non-empty.
     pub ready: Notify,
-    limits: Mutex<OutboxLimits>,
     stats: Arc<Stats>,
 }
 
@@ -65,13 +65,13 @@ impl Outbox {
     pub fn new(limits: OutboxLimits, stats: Arc<Stats>) -> Outbox {
         Outbox {
             queue: Mutex::new(Queue {
+                limits,
                 deliveries: VecDeque::new(),
                 bytes: 0,
                 qos0_queued: 0,
                 online: true,
             }),
             ready: Notify::new(),
-            limits: Mutex::new(limits),
             stats,
         }
     }
@@ -80,8 +80,9 @@ impl Outbox {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn limits(&self) -> OutboxLimits {
-        *self.limits.lock().unwrap_or_else(|e| e.into_inner())
+    /// New limits apply to what arrives from now on.
+    pub fn set_limits(&self, limits: OutboxLimits) {
+        self.lock().limits = limits;
     }
 
     pub fn online(&self) -> bool {
@@ -94,8 +95,8 @@ impl Outbox {
 
     /// Queues a delivery, applying the overflow policy. Never blocks.
     pub fn push(&self, delivery: Delivery) -> Result<(), Drop> {
-        let limits = self.limits();
         let mut queue = self.lock();
+        let limits = queue.limits;
         if !queue.online && delivery.qos == QoS::AtMostOnce && !limits.queue_qos0_offline {
             return Err(Drop::Offline);
         }
