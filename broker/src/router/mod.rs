@@ -45,15 +45,15 @@ impl Router {
         if message.retain {
             self.retained.set(&message);
         }
+        let acl = self.acl();
+        // Deliveries are queued under the read lock: no subscriber is cloned, and queueing
+        // never waits (outbox pushes take only the outbox's own short lock).
+        let trie = self.trie.read().unwrap_or_else(|e| e.into_inner());
         let mut matches = Vec::new();
-        self.trie
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .matches(&message.topic, &mut matches);
+        trie.matches(&message.topic, &mut matches);
         if matches.is_empty() {
             return 0;
         }
-        let acl = self.acl();
         // Overlapping subscriptions of one session give one delivery, with the highest
         // QoS and every matching subscription identifier [MQTT-3.3.4-2] [MQTT-3.3.4-3].
         // Shared subscriptions are separate: each group gets its own copy.
@@ -137,7 +137,7 @@ fn split_share(filter: &str) -> (Option<&str>, &str) {
 /// no-local or the ACL excludes it.
 fn merge_delivery(
     message: &Arc<Message>,
-    subs: &[Subscriber],
+    subs: &[&Subscriber],
     acl: Option<&Acl>,
     stats: &Stats,
 ) -> Option<Delivery> {

@@ -83,11 +83,11 @@ impl Slot {
         removed
     }
 
-    fn collect(&self, out: &mut Vec<Subscriber>) {
-        out.extend(self.subscribers.iter().cloned());
+    fn collect<'a>(&'a self, out: &mut Vec<&'a Subscriber>) {
+        out.extend(self.subscribers.iter());
         for group in &self.shared {
             if let Some(chosen) = choose_shared_member(group) {
-                out.push(chosen.clone());
+                out.push(chosen);
             }
         }
     }
@@ -167,7 +167,7 @@ impl Trie {
 
     /// Appends every subscription matching `topic` to `out` (one chosen member per shared
     /// group). Filters starting with a wildcard do not match `$` topics [MQTT-4.7.2-1].
-    pub fn matches(&self, topic: &str, out: &mut Vec<Subscriber>) {
+    pub fn matches<'a>(&'a self, topic: &str, out: &mut Vec<&'a Subscriber>) {
         let levels: Vec<&str> = topic.split('/').collect();
         let dollar = topic.starts_with('$');
         collect_matches(&self.root, &levels, dollar, out);
@@ -220,7 +220,12 @@ fn remove_from(node: &mut Node, levels: &[&str], share: Option<&str>, session_id
     removed
 }
 
-fn collect_matches(node: &Node, levels: &[&str], skip_wildcards: bool, out: &mut Vec<Subscriber>) {
+fn collect_matches<'a>(
+    node: &'a Node,
+    levels: &[&str],
+    skip_wildcards: bool,
+    out: &mut Vec<&'a Subscriber>,
+) {
     // '#' matches the parent level and everything below it [MQTT-4.7.1-2].
     if !skip_wildcards {
         node.multi_level.collect(out);
@@ -239,7 +244,7 @@ fn collect_matches(node: &Node, levels: &[&str], skip_wildcards: bool, out: &mut
     }
 }
 
-fn collect_terminal_or_descend(child: &Node, rest: &[&str], out: &mut Vec<Subscriber>) {
+fn collect_terminal_or_descend<'a>(child: &'a Node, rest: &[&str], out: &mut Vec<&'a Subscriber>) {
     if rest.is_empty() {
         child.exact.collect(out);
         // "a/#" also matches "a" [MQTT-4.7.1-2].
