@@ -41,7 +41,9 @@ impl Connection {
     /// acknowledgement and the message is dropped [MQTT-3.3.5-2], or is disconnected when
     /// configured so.
     fn refuse_publish(&mut self, publish: &Publish, code: u8) {
-        Stats::add(&self.broker.stats.acl_denied, 1);
+        if code == reason::NOT_AUTHORIZED {
+            Stats::add(&self.broker.stats.acl_denied, 1);
+        }
         tracing::debug!(client_id = %self.client_id, topic = %publish.topic, code, "publish refused");
         if !self.version.is_v5() && self.broker.config.mqtt.disconnect_on_denied_publish {
             self.end(End::Violation(code));
@@ -83,6 +85,13 @@ impl Connection {
                 self.end(End::Violation(reason::RECEIVE_MAXIMUM_EXCEEDED));
                 return;
             }
+        }
+        if publish.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&publish.payload).is_err()
+        {
+            // 3.3.2.3.2: a payload announced as UTF-8 that is not is refused with 0x99.
+            self.refuse_publish(&publish, reason::PAYLOAD_FORMAT_INVALID);
+            return;
         }
         // Clients may not publish to `$` topics [SPEC §5]; the ACL file governs the rest.
         if publish.topic.starts_with('$') {
