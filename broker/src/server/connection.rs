@@ -140,9 +140,13 @@ impl Connection {
                     match read {
                         Ok(0) | Err(_) => self.end(End::Lost),
                         Ok(n) => {
-                            last_read = Instant::now();
                             Stats::add(&self.broker.stats.bytes_received, n as u64);
-                            self.decode_all(&mut rbuf, max_packet);
+                            // Only whole packets count as activity, so a client trickling
+                            // the bytes of a packet that never completes (slow loris) still
+                            // hits the keep-alive limit.
+                            if self.decode_all(&mut rbuf, max_packet) > 0 {
+                                last_read = Instant::now();
+                            }
                         }
                     }
                 }
@@ -163,11 +167,13 @@ impl Connection {
         self.close(end, &mut writer).await;
     }
 
-    fn decode_all(&mut self, rbuf: &mut BytesMut, max_packet: usize) {
+    /// Handles every whole packet in `rbuf`; returns how many there were.
+    fn decode_all(&mut self, rbuf: &mut BytesMut, max_packet: usize) -> usize {
+        let mut decoded = 0;
         while self.ending.is_none() {
             match codec::decode_packet(rbuf, self.version, max_packet) {
                 Ok(Some(packet)) => {
-                    Stats::add(&self.broker.stats.messages_received, 1);
+                    decoded += 1;
                     self.handle(packet);
                 }
                 Ok(None) => break,
@@ -178,6 +184,8 @@ impl Connection {
                 }
             }
         }
+        Stats::add(&self.broker.stats.messages_received, decoded as u64);
+        decoded
     }
 
     /// Answers a take-over: DISCONNECT 0x8E to this client [MQTT-3.1.4-3], its will as on
