@@ -94,7 +94,8 @@ impl Acl {
                     current_user = Some(rest.to_string());
                 }
                 "topic" | "pattern" => {
-                    let rule = parse_rule(rest).ok_or_else(|| syntax("expected [read|write|readwrite|deny] TOPIC"))?;
+                    let rule = parse_rule(rest)
+                        .ok_or_else(|| syntax("expected [read|write|readwrite|deny] TOPIC"))?;
                     if keyword == "pattern" {
                         acl.patterns.push(rule);
                     } else if let Some(user) = &current_user {
@@ -109,7 +110,10 @@ impl Acl {
         Ok(acl)
     }
 
-    fn rules<'a>(&'a self, who: Identity<'_>) -> impl Iterator<Item = (Grant, std::borrow::Cow<'a, str>)> {
+    fn rules<'a>(
+        &'a self,
+        who: Identity<'_>,
+    ) -> impl Iterator<Item = (Grant, std::borrow::Cow<'a, str>)> {
         let own: &[Rule] = match who.username {
             None => &self.anonymous,
             Some(name) => self.users.get(name).map(Vec::as_slice).unwrap_or(&[]),
@@ -197,11 +201,17 @@ mod tests {
     const FILE: &str = "topic readwrite #\ntopic deny test/nosubscribe\nuser alice\ntopic read sensors/+\ntopic write alice/#\npattern readwrite clients/%c/#\n";
 
     fn anon() -> Identity<'static> {
-        Identity { username: None, client_id: "c1" }
+        Identity {
+            username: None,
+            client_id: "c1",
+        }
     }
 
     fn alice() -> Identity<'static> {
-        Identity { username: Some("alice"), client_id: "phone" }
+        Identity {
+            username: Some("alice"),
+            client_id: "phone",
+        }
     }
 
     #[test]

@@ -266,9 +266,15 @@ mod tests {
         )
         .unwrap();
         let env = vec![
-            ("ROOKERY_STORAGE__DURABILITY".to_string(), "none".to_string()),
+            (
+                "ROOKERY_STORAGE__DURABILITY".to_string(),
+                "none".to_string(),
+            ),
             ("ROOKERY_MQTT_MAX_INFLIGHT".to_string(), "9".to_string()),
-            ("ROOKERY_AUTH_ALLOW_ANONYMOUS".to_string(), "false".to_string()),
+            (
+                "ROOKERY_AUTH_ALLOW_ANONYMOUS".to_string(),
+                "false".to_string(),
+            ),
             ("UNRELATED".to_string(), "x".to_string()),
         ];
         let config = Config::load(Some(&path), env).unwrap();

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(name = "rookery", version, about = "An MQTT broker in which groups are first-class topics")]
+#[command(
+    name = "rookery",
+    version,
+    about = "An MQTT broker in which groups are first-class topics"
+)]
 struct Cli {
     /// TOML configuration file.
     #[arg(long)]

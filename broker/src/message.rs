@@ -7,7 +7,7 @@
 //! QoS 1/2 forms are encoded with packet identifier 0, and the writer patches the
 //! identifier (and DUP) into its own copy.
 
-use crate::codec::{self, MqttStr, ProtocolVersion, Properties, Publish, QoS};
+use crate::codec::{self, MqttStr, Properties, ProtocolVersion, Publish, QoS};
 use bytes::{Bytes, BytesMut};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;

@@ -71,26 +71,77 @@ impl Stats {
     pub fn sys_values(&self) -> Vec<(&'static str, String)> {
         let g = Self::get;
         vec![
-            ("$SYS/broker/version", concat!("rookery ", env!("CARGO_PKG_VERSION")).to_string()),
-            ("$SYS/broker/uptime", format!("{} seconds", self.started.elapsed().as_secs())),
-            ("$SYS/broker/clients/connected", g(&self.connections_current).to_string()),
+            (
+                "$SYS/broker/version",
+                concat!("rookery ", env!("CARGO_PKG_VERSION")).to_string(),
+            ),
+            (
+                "$SYS/broker/uptime",
+                format!("{} seconds", self.started.elapsed().as_secs()),
+            ),
+            (
+                "$SYS/broker/clients/connected",
+                g(&self.connections_current).to_string(),
+            ),
             ("$SYS/broker/clients/total", g(&self.sessions).to_string()),
-            ("$SYS/broker/connections/total", g(&self.connections_total).to_string()),
-            ("$SYS/broker/messages/received", g(&self.messages_received).to_string()),
-            ("$SYS/broker/messages/sent", g(&self.messages_sent).to_string()),
-            ("$SYS/broker/publish/messages/received", g(&self.publish_received).to_string()),
-            ("$SYS/broker/publish/messages/sent", g(&self.publish_sent).to_string()),
-            ("$SYS/broker/publish/messages/dropped", self.dropped_total().to_string()),
-            ("$SYS/broker/publish/messages/dropped/qos0", g(&self.dropped_qos0).to_string()),
-            ("$SYS/broker/publish/messages/dropped/qos12", g(&self.dropped_qos12).to_string()),
-            ("$SYS/broker/publish/messages/dropped/expired", g(&self.dropped_expired).to_string()),
-            ("$SYS/broker/publish/messages/dropped/too_large", g(&self.dropped_too_large).to_string()),
-            ("$SYS/broker/bytes/received", g(&self.bytes_received).to_string()),
+            (
+                "$SYS/broker/connections/total",
+                g(&self.connections_total).to_string(),
+            ),
+            (
+                "$SYS/broker/messages/received",
+                g(&self.messages_received).to_string(),
+            ),
+            (
+                "$SYS/broker/messages/sent",
+                g(&self.messages_sent).to_string(),
+            ),
+            (
+                "$SYS/broker/publish/messages/received",
+                g(&self.publish_received).to_string(),
+            ),
+            (
+                "$SYS/broker/publish/messages/sent",
+                g(&self.publish_sent).to_string(),
+            ),
+            (
+                "$SYS/broker/publish/messages/dropped",
+                self.dropped_total().to_string(),
+            ),
+            (
+                "$SYS/broker/publish/messages/dropped/qos0",
+                g(&self.dropped_qos0).to_string(),
+            ),
+            (
+                "$SYS/broker/publish/messages/dropped/qos12",
+                g(&self.dropped_qos12).to_string(),
+            ),
+            (
+                "$SYS/broker/publish/messages/dropped/expired",
+                g(&self.dropped_expired).to_string(),
+            ),
+            (
+                "$SYS/broker/publish/messages/dropped/too_large",
+                g(&self.dropped_too_large).to_string(),
+            ),
+            (
+                "$SYS/broker/bytes/received",
+                g(&self.bytes_received).to_string(),
+            ),
             ("$SYS/broker/bytes/sent", g(&self.bytes_sent).to_string()),
-            ("$SYS/broker/subscriptions/count", g(&self.subscriptions).to_string()),
-            ("$SYS/broker/retained messages/count", g(&self.retained).to_string()),
+            (
+                "$SYS/broker/subscriptions/count",
+                g(&self.subscriptions).to_string(),
+            ),
+            (
+                "$SYS/broker/retained messages/count",
+                g(&self.retained).to_string(),
+            ),
             ("$SYS/broker/acl/denied", g(&self.acl_denied).to_string()),
-            ("$SYS/broker/protocol_errors", g(&self.protocol_errors).to_string()),
+            (
+                "$SYS/broker/protocol_errors",
+                g(&self.protocol_errors).to_string(),
+            ),
         ]
     }
 }

@@ -5,14 +5,14 @@
 
 use super::Broker;
 use crate::codec::{self, reason, Disconnect, LastWill, MqttStr, Packet, ProtocolVersion};
-use crate::session::{Delivery, Detached, SessionCore, SessionState, TakeOver};
+use crate::session::{Detached, SessionCore, SessionState, TakeOver};
 use crate::stats::Stats;
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -20,6 +20,8 @@ use tokio::sync::mpsc;
 /// Stop moving deliveries into the write buffer past this many bytes: the rest waits in
 /// the outbox, where the queue limits apply, until the socket takes what is buffered.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Bytes made room for before each read.
+const READ_CHUNK: usize = 16 * 1024;
 /// Deliveries moved from the outbox per fill.
 pub(super) const FILL_BATCH: usize = 256;
 /// How long a closing connection may spend flushing its last packets.
@@ -60,7 +62,6 @@ pub(super) struct Connection {
     /// Topic aliases the client set towards the broker (v5).
     pub inbound_aliases: HashMap<u16, MqttStr>,
     pub wbuf: BytesMut,
-    pub scratch: Vec<Delivery>,
     pub kick: mpsc::Receiver<TakeOver>,
     pub ending: Option<End>,
 }
@@ -81,7 +82,7 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<Broke
     Stats::add(&broker.stats.connections_total, 1);
     let _guard = ConnectionGuard(broker.stats.clone());
     let (mut reader, mut writer) = stream.into_split();
-    let mut rbuf = BytesMut::with_capacity(4096);
+    let mut rbuf = BytesMut::new();
     let Some(connection) =
         super::handshake::accept(&mut reader, &mut writer, &mut rbuf, peer, broker).await
     else {
@@ -105,7 +106,7 @@ impl Connection {
         }
     }
 
-    async fn run(mut self, mut reader: OwnedReadHalf, mut writer: OwnedWriteHalf, mut rbuf: BytesMut) {
+    async fn run(mut self, reader: OwnedReadHalf, mut writer: OwnedWriteHalf, mut rbuf: BytesMut) {
         let mut shutdown = self.broker.shutdown.clone();
         let mut last_read = Instant::now();
         let keep_alive_limit = self.keep_alive + self.keep_alive / 2;
@@ -120,9 +121,6 @@ impl Connection {
             if self.ending.is_some() {
                 break;
             }
-            if rbuf.capacity() - rbuf.len() < 1024 {
-                rbuf.reserve(8192);
-            }
             tokio::select! {
                 biased;
                 Ok(()) = shutdown.changed() => self.end(End::Shutdown),
@@ -133,11 +131,27 @@ impl Connection {
                 written = writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => {
                     match written {
                         Ok(0) | Err(_) => self.end(End::Lost),
-                        Ok(n) => Stats::add(&self.broker.stats.bytes_sent, n as u64),
+                        Ok(n) => {
+                            Stats::add(&self.broker.stats.bytes_sent, n as u64);
+                            if self.wbuf.is_empty() {
+                                // Idle connections hold no buffers: this is most of what
+                                // keeps memory per connection small.
+                                self.wbuf = BytesMut::new();
+                            }
+                        }
                     }
                 }
-                read = reader.read_buf(&mut rbuf) => {
+                ready = reader.readable() => {
+                    // Readiness first, then a buffer: an idle connection waits holding none.
+                    let read = match ready {
+                        Ok(()) => {
+                            rbuf.reserve(READ_CHUNK);
+                            reader.try_read_buf(&mut rbuf)
+                        }
+                        Err(error) => Err(error),
+                    };
                     match read {
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                         Ok(0) | Err(_) => self.end(End::Lost),
                         Ok(n) => {
                             Stats::add(&self.broker.stats.bytes_received, n as u64);
@@ -146,6 +160,9 @@ impl Connection {
                             // hits the keep-alive limit.
                             if self.decode_all(&mut rbuf, max_packet) > 0 {
                                 last_read = Instant::now();
+                            }
+                            if rbuf.is_empty() {
+                                rbuf = BytesMut::new();
                             }
                         }
                     }
@@ -238,7 +255,11 @@ impl Connection {
             Duration::from_secs(u64::from(self.state.expiry_interval))
         };
         let state = std::mem::take(&mut self.state);
-        match self.broker.registry.detach(&self.client_id, self.id, state, expiry) {
+        match self
+            .broker
+            .registry
+            .detach(&self.client_id, self.id, state, expiry)
+        {
             Detached::Parked => {}
             Detached::Removed(core, state) => self.broker.router.remove_session(&core, &state),
             Detached::NotOwner(state) => {

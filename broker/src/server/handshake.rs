@@ -37,13 +37,20 @@ pub(super) async fn accept(
         }
         Ok(Err(codec::DecodeError::UnsupportedProtocol(level))) => {
             // [MQTT-3.1.2-2] answer with return code 0x01 (3.1.1 form; v5 0x84 below).
-            let code = if level == 5 { reason::UNSUPPORTED_PROTOCOL_VERSION } else { 0x01 };
+            let code = if level == 5 {
+                reason::UNSUPPORTED_PROTOCOL_VERSION
+            } else {
+                0x01
+            };
             let _ = writer.write_all(&[0x20, 0x02, 0x00, code]).await;
             return None;
         }
         Ok(Err(error)) => {
             tracing::debug!(%peer, %error, "bad CONNECT: closing");
-            broker.stats.protocol_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            broker
+                .stats
+                .protocol_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return None;
         }
         Ok(Ok(None)) => return None,
@@ -120,7 +127,9 @@ async fn admit(
     let client_id: Arc<str> = if connect.client_id.is_empty() {
         // [MQTT-3.1.3-7] / [MQTT-3.1.3-8]: 3.1.1 allows an empty id only with a clean
         // session; 3.1 not at all; v5 always, with an Assigned Client Identifier.
-        if version == ProtocolVersion::V31 || (version == ProtocolVersion::V311 && !connect.clean_start) {
+        if version == ProtocolVersion::V31
+            || (version == ProtocolVersion::V311 && !connect.clean_start)
+        {
             return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
         }
         let id = generate_client_id();
@@ -153,7 +162,10 @@ async fn admit(
     // Keep-alive: the server cap applies to v5 through Server Keep Alive [MQTT-3.2.2-22].
     let mut server_keep_alive = None;
     let mut keep_alive = connect.keep_alive;
-    if version.is_v5() && config.max_keepalive > 0 && (keep_alive == 0 || keep_alive > config.max_keepalive) {
+    if version.is_v5()
+        && config.max_keepalive > 0
+        && (keep_alive == 0 || keep_alive > config.max_keepalive)
+    {
         keep_alive = config.max_keepalive;
         server_keep_alive = Some(keep_alive);
     }
@@ -257,8 +269,7 @@ async fn admit(
         client_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
         outbound_aliases: HashMap::new(),
         inbound_aliases: HashMap::new(),
-        wbuf: BytesMut::with_capacity(4096),
-        scratch: Vec::new(),
+        wbuf: BytesMut::new(),
         kick: kick_rx,
         ending: None,
     };

@@ -49,10 +49,16 @@ impl Connection {
             self.end(End::Violation(code));
             return;
         }
-        let code = if self.version.is_v5() { code } else { reason::SUCCESS };
+        let code = if self.version.is_v5() {
+            code
+        } else {
+            reason::SUCCESS
+        };
         match publish.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(&Packet::PubAck(PubResponse::new(publish.packet_id, code))),
+            QoS::AtLeastOnce => {
+                self.send(&Packet::PubAck(PubResponse::new(publish.packet_id, code)))
+            }
             QoS::ExactlyOnce => {
                 if code < 0x80 {
                     self.state.incoming_qos2.insert(publish.packet_id);
@@ -77,7 +83,10 @@ impl Connection {
         if publish.qos == QoS::ExactlyOnce {
             if self.state.incoming_qos2.contains(&publish.packet_id) {
                 // A resent QoS 2 PUBLISH: acknowledged again, not delivered again [MQTT-4.3.3-10].
-                self.send(&Packet::PubRec(PubResponse::new(publish.packet_id, reason::SUCCESS)));
+                self.send(&Packet::PubRec(PubResponse::new(
+                    publish.packet_id,
+                    reason::SUCCESS,
+                )));
                 return;
             }
             if self.state.incoming_qos2.len() >= usize::from(config.receive_maximum.max(1)) {
@@ -110,10 +119,16 @@ impl Connection {
         self.broker.router.publish(message);
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(&Packet::PubAck(PubResponse::new(packet_id, reason::SUCCESS))),
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(PubResponse::new(
+                packet_id,
+                reason::SUCCESS,
+            ))),
             QoS::ExactlyOnce => {
                 self.state.incoming_qos2.insert(packet_id);
-                self.send(&Packet::PubRec(PubResponse::new(packet_id, reason::SUCCESS)));
+                self.send(&Packet::PubRec(PubResponse::new(
+                    packet_id,
+                    reason::SUCCESS,
+                )));
             }
         }
     }
@@ -168,7 +183,11 @@ impl Connection {
             }
             _ => false,
         };
-        let code = if known { reason::SUCCESS } else { reason::PACKET_IDENTIFIER_NOT_FOUND };
+        let code = if known {
+            reason::SUCCESS
+        } else {
+            reason::PACKET_IDENTIFIER_NOT_FOUND
+        };
         self.send(&Packet::PubRel(PubResponse::new(rec.packet_id, code)));
     }
 
@@ -182,13 +201,22 @@ impl Connection {
     }
 
     fn on_pubcomp(&mut self, comp: PubResponse) {
-        if self.state.inflight.get(&comp.packet_id).is_some_and(|f| f.released) {
+        if self
+            .state
+            .inflight
+            .get(&comp.packet_id)
+            .is_some_and(|f| f.released)
+        {
             self.state.inflight.remove(&comp.packet_id);
         }
     }
 
     fn on_subscribe(&mut self, subscribe: Subscribe) {
-        let subscription_id = subscribe.properties.subscription_identifiers.first().copied();
+        let subscription_id = subscribe
+            .properties
+            .subscription_identifiers
+            .first()
+            .copied();
         let mut reason_codes = Vec::with_capacity(subscribe.filters.len());
         let mut retained = Vec::new();
         for (filter, options) in &subscribe.filters {
@@ -314,7 +342,8 @@ impl Connection {
                 self.end(End::Violation(reason::PROTOCOL_ERROR));
                 return;
             }
-            self.state.expiry_interval = expiry.min(self.broker.config.mqtt.max_session_expiry_secs);
+            self.state.expiry_interval =
+                expiry.min(self.broker.config.mqtt.max_session_expiry_secs);
         }
         let with_will = disconnect.reason_code == reason::DISCONNECT_WITH_WILL;
         self.end(End::Disconnected { with_will });

@@ -2,6 +2,9 @@
 //! window, the client's Maximum Packet Size and its Topic Alias Maximum.
 
 use super::connection::{Connection, FILL_BATCH};
+
+/// Room made in an empty write buffer before a batch, so that it rarely regrows.
+const WRITE_BUFFER_START: usize = 16 * 1024;
 use crate::codec::{self, MqttStr, Packet, PubResponse, QoS};
 use crate::message::packet_id_offset;
 use crate::session::{Delivery, InFlight};
@@ -12,9 +15,17 @@ impl Connection {
     /// Moves queued deliveries into the write buffer: QoS 0 at once, QoS 1/2 while the
     /// in-flight window has room [MQTT-4.9.0-2].
     pub(super) fn fill_from_outbox(&mut self) {
-        let mut batch = std::mem::take(&mut self.scratch);
-        let window = self.inflight_limit.saturating_sub(self.state.inflight_count());
+        let window = self
+            .inflight_limit
+            .saturating_sub(self.state.inflight_count());
+        let mut batch = Vec::new();
         self.core.outbox.drain_into(&mut batch, FILL_BATCH, window);
+        if batch.is_empty() {
+            return;
+        }
+        if self.wbuf.capacity() == 0 {
+            self.wbuf.reserve(WRITE_BUFFER_START);
+        }
         let now = Instant::now();
         let mut sent = 0;
         for delivery in batch.drain(..) {
@@ -27,7 +38,6 @@ impl Connection {
                 sent += 1;
             }
         }
-        self.scratch = batch;
         if sent > 0 {
             Stats::add(&self.broker.stats.publish_sent, sent);
             Stats::add(&self.broker.stats.messages_sent, sent);
@@ -109,7 +119,8 @@ impl Connection {
             }
             return true;
         }
-        let mut publish = message.to_publish(delivery.qos, delivery.retain, &delivery.subscription_ids);
+        let mut publish =
+            message.to_publish(delivery.qos, delivery.retain, &delivery.subscription_ids);
         publish.packet_id = packet_id;
         publish.dup = dup;
         if let Some((alias, known)) = alias {

@@ -167,7 +167,11 @@ impl Outbox {
         // Log the first drop and then every 10,000th, so an overload is visible without
         // the log itself becoming the bottleneck.
         if total == 1 || total % 10_000 == 0 {
-            tracing::warn!(qos = qos as u8, total, "session queue full: message dropped");
+            tracing::warn!(
+                qos = qos as u8,
+                total,
+                "session queue full: message dropped"
+            );
         }
     }
 
@@ -176,6 +180,7 @@ impl Outbox {
     /// the order of messages.
     pub fn drain_into(&self, out: &mut Vec<Delivery>, max: usize, mut max_qos: usize) {
         let mut queue = self.lock();
+        out.reserve(queue.deliveries.len().min(max));
         while out.len() < max {
             let Some(front) = queue.deliveries.front() else {
                 break;
