@@ -5,6 +5,8 @@
 //! publisher/subscriber pairs, one topic each) and `idle` (open N idle
 //! connections as fast as possible). See benches/README.md.
 
+#![recursion_limit = "256"]
+
 mod client;
 mod mqtt;
 mod procfs;
@@ -160,7 +162,11 @@ impl Plan {
                 let n = args.pairs.unwrap_or(50);
                 let topics: Vec<String> = (0..n).map(|i| format!("{prefix}/pair/{i}")).collect();
                 Plan {
-                    subs: topics.iter().enumerate().map(|(i, t)| (t.clone(), vec![i])).collect(),
+                    subs: topics
+                        .iter()
+                        .enumerate()
+                        .map(|(i, t)| (t.clone(), vec![i]))
+                        .collect(),
                     pub_topics: topics,
                 }
             }
@@ -251,15 +257,25 @@ struct Snapshot {
     received: u64,
     broker_ticks: Option<u64>,
     self_ticks: Option<u64>,
+    system: Option<(u64, u64)>,
 }
 
 fn snapshot(shared: &Shared, pid: &Option<String>) -> Snapshot {
     Snapshot {
         t_ns: shared.now_ns(),
-        sent: shared.pubs.iter().map(|p| p.sent.load(Ordering::Relaxed)).sum(),
-        received: shared.subs.iter().map(|s| s.received.load(Ordering::Relaxed)).sum(),
+        sent: shared
+            .pubs
+            .iter()
+            .map(|p| p.sent.load(Ordering::Relaxed))
+            .sum(),
+        received: shared
+            .subs
+            .iter()
+            .map(|s| s.received.load(Ordering::Relaxed))
+            .sum(),
         broker_ticks: pid.as_deref().and_then(procfs::cpu_ticks),
         self_ticks: procfs::cpu_ticks("self"),
+        system: procfs::system_ticks(),
     }
 }
 
@@ -283,7 +299,10 @@ fn run_tag() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    format!("{:x}", (nanos ^ ((std::process::id() as u64) << 40)) & 0xffff_ffff_ffff)
+    format!(
+        "{:x}",
+        (nanos ^ ((std::process::id() as u64) << 40)) & 0xffff_ffff_ffff
+    )
 }
 
 async fn run_traffic(args: &Args) -> Result<Value> {
@@ -325,7 +344,9 @@ async fn run_traffic(args: &Args) -> Result<Value> {
         progress: (0..n_cells).map(|_| pad()).collect(),
         pub_cells,
         pubs: (0..n_pubs).map(|_| Padded(PubSlot::default())).collect(),
-        subs: (0..n_subs).map(|_| Padded(SubCounters::default())).collect(),
+        subs: (0..n_subs)
+            .map(|_| Padded(SubCounters::default()))
+            .collect(),
         pubs_done: AtomicUsize::new(0),
     });
     let setup_deadline = Duration::from_secs(60);
@@ -338,7 +359,8 @@ async fn run_traffic(args: &Args) -> Result<Value> {
         tokio::time::timeout(
             setup_deadline,
             connect_many(n_subs, args.connect_concurrency, move |i| {
-                let (addr, id, filter) = (addr.clone(), format!("rl-{tag}-s{i}"), filters[i].clone());
+                let (addr, id, filter) =
+                    (addr.clone(), format!("rl-{tag}-s{i}"), filters[i].clone());
                 async move {
                     let mut c = client::connect(&addr, &id, ka).await?;
                     client::subscribe(&mut c, &filter, qos).await?;
@@ -354,14 +376,22 @@ async fn run_traffic(args: &Args) -> Result<Value> {
     for (i, conn) in sub_conns.into_iter().enumerate() {
         let conn = conn.with_context(|| format!("subscriber {i}"))?;
         let (stop_tx, stop_rx) = oneshot::channel();
-        let delay_us = if i < slow { args.subscriber_delay_us } else { 0 };
+        let delay_us = if i < slow {
+            args.subscriber_delay_us
+        } else {
+            0
+        };
         let cfg = SubConfig {
             index: i,
             expects: plan.subs[i].1.clone(),
             cells: sub_cells[i].clone(),
             publishers_total: n_pubs,
             delay_us,
-            read_buffer: if delay_us > 0 { 4096 } else { args.read_buffer.max(4096) },
+            read_buffer: if delay_us > 0 {
+                4096
+            } else {
+                args.read_buffer.max(4096)
+            },
             keep_alive: ka,
         };
         let task = tokio::spawn(client::run_subscriber(cfg, shared.clone(), conn, stop_rx));
@@ -424,7 +454,10 @@ async fn run_traffic(args: &Args) -> Result<Value> {
             std::thread::Builder::new()
                 .name(format!("pub-{i}"))
                 .spawn(move || {
-                    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
                         Ok(rt) => rt.block_on(body),
                         Err(e) => eprintln!("publisher {i}: runtime: {e}"),
                     }
@@ -475,7 +508,11 @@ async fn run_traffic(args: &Args) -> Result<Value> {
         if now >= drain_end {
             break;
         }
-        let unique: u64 = shared.subs.iter().map(|s| s.unique.load(Ordering::Relaxed)).sum();
+        let unique: u64 = shared
+            .subs
+            .iter()
+            .map(|s| s.unique.load(Ordering::Relaxed))
+            .sum();
         if shared.pubs_done.load(Ordering::SeqCst) == n_pubs && unique >= expected_now(&shared) {
             break;
         }
@@ -511,7 +548,11 @@ async fn run_traffic(args: &Args) -> Result<Value> {
     let rss_end = pid.as_deref().and_then(procfs::rss_kb);
 
     // Results.
-    let sent: Vec<u64> = shared.pubs.iter().map(|p| p.sent.load(Ordering::Relaxed)).collect();
+    let sent: Vec<u64> = shared
+        .pubs
+        .iter()
+        .map(|p| p.sent.load(Ordering::Relaxed))
+        .collect();
     let published: u64 = sent.iter().sum();
     let expected: u64 = expected_now(&shared);
     let mut hist = client::new_histogram();
@@ -543,6 +584,19 @@ async fn run_traffic(args: &Args) -> Result<Value> {
     let broker_cpu = cpu_delta(a.broker_ticks, b.broker_ticks, tck);
     let self_cpu = cpu_delta(a.self_ticks, b.self_ticks, tck);
     let loss = expected.saturating_sub(unique);
+    // CPU used by everything else on the machine during the measurement,
+    // in percent of one core: a noisy neighbour shows up here.
+    let other_cpu = match (a.system, b.system) {
+        (Some((busy_a, _)), Some((busy_b, _))) => {
+            let all = busy_b.saturating_sub(busy_a) as f64 / tck as f64;
+            Some(round(
+                100.0 * (all - broker_cpu.unwrap_or(0.0) - self_cpu.unwrap_or(0.0)).max(0.0)
+                    / measured_s,
+                1,
+            ))
+        }
+        _ => None,
+    };
     let us = |ns: u64| round(ns as f64 / 1000.0, 1);
     let latency = if hist.is_empty() {
         Value::Null
@@ -601,6 +655,8 @@ async fn run_traffic(args: &Args) -> Result<Value> {
         "broker_rss_end_kb": rss_end,
         "loadgen_cpu_s": self_cpu.map(|c| round(c, 3)),
         "loadgen_cpu_pct": self_cpu.map(|c| round(100.0 * c / measured_s, 1)),
+        "other_cpu_pct": other_cpu,
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "errors": errors,
     }))
 }
@@ -706,7 +762,11 @@ fn print_text(v: &Value, indent: usize) {
                 Value::Array(a) => {
                     println!("{:indent$}{k}:", "");
                     for item in a {
-                        println!("{:indent$}  - {}", "", item.as_str().unwrap_or(&item.to_string()));
+                        println!(
+                            "{:indent$}  - {}",
+                            "",
+                            item.as_str().unwrap_or(&item.to_string())
+                        );
                     }
                 }
                 other => println!("{:indent$}{k}: {other}", ""),
