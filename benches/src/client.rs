@@ -23,6 +23,8 @@ use crate::mqtt::{self, Packet};
 /// Payload prefix: publisher id (u32), sequence (u64), send time (u64 ns).
 pub const PAYLOAD_HEADER: usize = 20;
 const MAX_PACKET: usize = 16 * 1024 * 1024;
+/// Publisher stops encoding while this much is still unwritten.
+const WBUF_HIGH: usize = 128 * 1024;
 /// Time values not yet set.
 pub const UNSET: u64 = u64::MAX;
 
@@ -552,7 +554,10 @@ async fn publisher_loop(
         let mut window_blocked = false;
         let mut inflight_blocked = false;
         let mut next_deadline: Option<u64> = None;
-        if generating {
+        // Don't queue more than this in our own buffer: the broker's TCP
+        // backpressure must hold the publisher back (and count as not sent).
+        let wbuf_full = wbuf.len() >= WBUF_HIGH;
+        if generating && !wbuf_full {
             let mut allow = cfg.batch as u64;
             match cfg.mode {
                 PubMode::Closed { window } => {

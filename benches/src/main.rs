@@ -13,7 +13,7 @@ mod procfs;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -93,8 +93,10 @@ struct Args {
     /// How many subscribers get --subscriber-delay-us (default: all).
     #[arg(long)]
     slow_subscribers: Option<usize>,
-    /// QoS 1/2: max unacknowledged publishes per publisher.
-    #[arg(long, default_value_t = 10_000)]
+    /// QoS 1/2: max unacknowledged publishes per publisher (keep it at or
+    /// below the broker's receive limit: Mosquitto silently drops QoS 2
+    /// publishes beyond its max_inflight_messages while still acking them).
+    #[arg(long, default_value_t = 100)]
     max_inflight: usize,
     /// Max publishes encoded per write.
     #[arg(long, default_value_t = 256)]
@@ -173,6 +175,42 @@ impl Plan {
             Scenario::Idle => bail!("idle has no traffic plan"),
         })
     }
+}
+
+/// Connection set-up budget (each phase).
+const SETUP: Duration = Duration::from_secs(30);
+/// Slack on top of the planned run time before the watchdog kills the run.
+const SLACK: Duration = Duration::from_secs(10);
+
+static PROCESS_START: OnceLock<Instant> = OnceLock::new();
+static HARD_DEADLINE_MS: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Move the watchdog deadline to `from_now` from now.
+fn set_hard_deadline(from_now: Duration) {
+    let start = PROCESS_START.get_or_init(Instant::now);
+    let at = start.elapsed() + from_now;
+    HARD_DEADLINE_MS.store(at.as_millis() as u64, Ordering::SeqCst);
+}
+
+/// Ends the process if the run overruns its deadline, whatever state the
+/// runtime is in.
+fn start_watchdog(scenario: String, json: bool) {
+    let start = *PROCESS_START.get_or_init(Instant::now);
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let deadline = HARD_DEADLINE_MS.load(Ordering::SeqCst);
+        if start.elapsed().as_millis() as u64 > deadline {
+            let msg = format!(
+                "hard timeout: run still going after {:.1} s",
+                start.elapsed().as_secs_f64()
+            );
+            if json {
+                println!("{}", json!({ "scenario": scenario, "error": msg }));
+            }
+            eprintln!("rookery-load: {msg}");
+            std::process::exit(3);
+        }
+    });
 }
 
 fn pad<T: Default>() -> Padded<T> {
@@ -349,7 +387,7 @@ async fn run_traffic(args: &Args) -> Result<Value> {
             .collect(),
         pubs_done: AtomicUsize::new(0),
     });
-    let setup_deadline = Duration::from_secs(60);
+    let setup_deadline = SETUP;
 
     // Subscribers first: connect + subscribe, then start their read loops.
     let filters: Arc<Vec<String>> = Arc::new(plan.subs.iter().map(|(f, _)| f.clone()).collect());
@@ -478,6 +516,7 @@ async fn run_traffic(args: &Args) -> Result<Value> {
     }
 
     // Timeline.
+    set_hard_deadline(secs(args.warmup + args.duration + args.drain) + SLACK);
     let start_ns = shared.now_ns() + 20_000_000;
     let warm_end = start_ns + secs(args.warmup).as_nanos() as u64;
     let meas_end = warm_end + secs(args.duration).as_nanos() as u64;
@@ -521,13 +560,14 @@ async fn run_traffic(args: &Args) -> Result<Value> {
     let drain_used = (shared.now_ns().saturating_sub(meas_end)) as f64 / 1e9;
 
     // Stop everyone and collect.
+    let collect_by = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut pub_stats: Vec<PubStats> = Vec::with_capacity(n_pubs);
     for (shut, _) in pub_handles.iter_mut() {
         let (tx, _) = oneshot::channel();
         let _ = std::mem::replace(shut, tx).send(());
     }
     for (i, (_, res)) in pub_handles.into_iter().enumerate() {
-        match tokio::time::timeout(Duration::from_secs(5), res).await {
+        match tokio::time::timeout_at(collect_by, res).await {
             Ok(Ok(s)) => pub_stats.push(s),
             _ => errors.push(format!("publisher {i}: no result")),
         }
@@ -539,7 +579,7 @@ async fn run_traffic(args: &Args) -> Result<Value> {
         tasks.push(task);
     }
     for (i, task) in tasks.into_iter().enumerate() {
-        match tokio::time::timeout(Duration::from_secs(5), task).await {
+        match tokio::time::timeout_at(collect_by, task).await {
             Ok(Ok(s)) => sub_stats.push(s),
             _ => errors.push(format!("subscriber {i}: no result")),
         }
@@ -683,7 +723,7 @@ async fn run_idle(args: &Args) -> Result<Value> {
     let results = {
         let (addr, tag) = (addr.clone(), tag.clone());
         tokio::time::timeout(
-            Duration::from_secs(120),
+            SETUP,
             connect_many(n, args.connect_concurrency, move |i| {
                 let (addr, id) = (addr.clone(), format!("rl-{tag}-i{i}"));
                 async move {
@@ -712,6 +752,7 @@ async fn run_idle(args: &Args) -> Result<Value> {
         }
     }
     let connected = conns.len();
+    set_hard_deadline(secs(args.hold) + SLACK);
     tokio::time::sleep(secs(args.hold)).await;
     let rss_held = pid.as_deref().and_then(procfs::rss_kb);
     for c in &conns {
@@ -810,19 +851,12 @@ fn main() {
         fail(format!("{e:#}"), args.json);
     }
 
-    // Hard stop: whatever happens, the process ends.
-    let budget = 75.0 + args.warmup + args.duration + args.drain + args.hold + 10.0;
-    let hard_json = args.json;
-    let hard_scenario = scenario.clone();
-    std::thread::spawn(move || {
-        std::thread::sleep(secs(budget));
-        let msg = format!("hard timeout after {budget:.0} s");
-        if hard_json {
-            println!("{}", json!({ "scenario": hard_scenario, "error": msg }));
-        }
-        eprintln!("rookery-load: {msg}");
-        std::process::exit(3);
-    });
+    // Hard stop: whatever happens, the process ends. Set-up gets its own
+    // budget; the deadline moves once the timed part of the run starts.
+    set_hard_deadline(
+        SETUP * 2 + secs(args.warmup + args.duration + args.drain + args.hold) + SLACK,
+    );
+    start_watchdog(scenario.clone(), args.json);
 
     let threads = args
         .threads
