@@ -359,9 +359,13 @@ pub mod v5 {
         PublishProperties, RetainForwardRule, SubscribeProperties, SubscribeReasonCode,
     };
     pub use rumqttc::v5::mqttbytes::QoS;
-    pub use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
+    pub use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions, StateError};
 
     /// A rumqttc 5.0 client; see [`super::v4::Client`] for the life cycle.
+    ///
+    /// rumqttc 0.24 ends its event loop (and so the connection) on any SUBACK, PUBACK or
+    /// PUBREC with a failure reason code; the helpers below report that reason code, but
+    /// the client cannot be used afterwards.
     pub struct Client {
         pub client: AsyncClient,
         pub connack: ConnAck,
@@ -526,11 +530,19 @@ pub mod v5 {
                     .await
                     .expect("request queued"),
             }
-            self.expect_matching("SUBACK", |p| match p {
-                Packet::SubAck(ack) => Some(ack.return_codes.clone()),
-                _ => None,
-            })
-            .await
+            let suback = self
+                .next_matching(WAIT, |p| match p {
+                    Packet::SubAck(ack) => Some(ack.return_codes.clone()),
+                    _ => None,
+                })
+                .await;
+            match (suback, &self.closed) {
+                (Some(codes), _) => codes,
+                (None, Some(ConnectionError::MqttState(StateError::SubFail { reason }))) => {
+                    vec![*reason]
+                }
+                (None, closed) => panic!("{}: no SUBACK within {WAIT:?} ({closed:?})", self.id),
+            }
         }
 
         pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Vec<SubscribeReasonCode> {
@@ -584,22 +596,37 @@ pub mod v5 {
                     .await
                     .expect("request queued"),
             }
-            match qos {
-                QoS::AtMostOnce => None,
-                QoS::AtLeastOnce => Some(
-                    self.expect_matching("PUBACK", |p| match p {
+            let ack = match qos {
+                QoS::AtMostOnce => return None,
+                QoS::AtLeastOnce => {
+                    self.next_matching(WAIT, |p| match p {
                         Packet::PubAck(ack) => Some(puback_reason_code(&ack.reason)),
                         _ => None,
                     })
-                    .await,
-                ),
+                    .await
+                }
                 QoS::ExactlyOnce => {
-                    let rec = self
-                        .expect_matching("PUBREC", |p| match p {
-                            Packet::PubRec(rec) => Some(pubrec_reason_code(&rec.reason)),
-                            _ => None,
-                        })
-                        .await;
+                    self.next_matching(WAIT, |p| match p {
+                        Packet::PubRec(rec) => Some(pubrec_reason_code(&rec.reason)),
+                        _ => None,
+                    })
+                    .await
+                }
+            };
+            let code = match (ack, &self.closed) {
+                (Some(code), _) => code,
+                (None, Some(ConnectionError::MqttState(StateError::PubAckFail { reason }))) => {
+                    return Some(puback_reason_code(reason))
+                }
+                (None, Some(ConnectionError::MqttState(StateError::PubRecFail { reason }))) => {
+                    return Some(pubrec_reason_code(reason))
+                }
+                (None, closed) => panic!("{}: no acknowledgement ({closed:?})", self.id),
+            };
+            match qos {
+                QoS::AtMostOnce | QoS::AtLeastOnce => Some(code),
+                QoS::ExactlyOnce => {
+                    let rec = code;
                     if rec < 0x80 {
                         self.expect_matching("PUBCOMP", |p| {
                             matches!(p, Packet::PubComp(_)).then_some(())
