@@ -21,7 +21,7 @@ use super::properties::{read_properties, Ctx};
 use super::topic::{validate_topic_filter, validate_topic_name, TopicError};
 use super::types::*;
 use super::wire::{parse_vbi, Reader, VbiParse};
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// Why a packet could not be decoded. Each variant maps to the v5 reason code the broker
 /// sends in DISCONNECT (or CONNACK) before closing the connection.
@@ -93,7 +93,14 @@ pub fn decode_packet(
         return Ok(None);
     }
     buf.advance(header_len);
-    let mut r = Reader::new(buf.split_to(remaining).freeze());
+    // Splitting a `BytesMut` that owns a plain Vec promotes it to a shared buffer (one small
+    // allocation until the caller next reallocates it); an empty body needs no split at all.
+    let body = if remaining == 0 {
+        Bytes::new()
+    } else {
+        buf.split_to(remaining).freeze()
+    };
+    let mut r = Reader::new(body);
 
     let packet = match packet_type {
         1 => Packet::Connect(Box::new(decode_connect(&mut r)?)),
