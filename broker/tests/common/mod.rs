@@ -817,6 +817,11 @@ impl RawClient {
         }
     }
 
+    /// The socket, e.g. to keep a connection open without reading from it.
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     /// Sends `connect` and returns the client with the broker's CONNACK.
     pub async fn connect(addr: SocketAddr, connect: Connect) -> (RawClient, ConnAck) {
         let mut client = RawClient::open(addr, connect.protocol).await;
