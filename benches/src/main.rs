@@ -91,7 +91,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     subscriber_delay_us: u64,
     /// How many subscribers get --subscriber-delay-us (default: all).
-    #[arg(long)]
+    #[arg(long, visible_alias = "slow-subscriber")]
     slow_subscribers: Option<usize>,
     /// QoS 1/2: max unacknowledged publishes per publisher (keep it at or
     /// below the broker's receive limit: Mosquitto silently drops QoS 2
@@ -718,6 +718,7 @@ async fn run_idle(args: &Args) -> Result<Value> {
     let rss = RssSampler::start(pid.clone());
     let rss_before = pid.as_deref().and_then(procfs::rss_kb);
     let cpu_before = pid.as_deref().and_then(procfs::cpu_ticks);
+    let self_before = procfs::cpu_ticks("self");
     let ka = args.keepalive;
     let t0 = Instant::now();
     let results = {
@@ -738,6 +739,7 @@ async fn run_idle(args: &Args) -> Result<Value> {
     };
     let connect_s = t0.elapsed().as_secs_f64();
     let cpu_after = pid.as_deref().and_then(procfs::cpu_ticks);
+    let self_cpu = cpu_delta(self_before, procfs::cpu_ticks("self"), tck);
     let mut conns = Vec::with_capacity(n);
     let mut failed = 0usize;
     for r in results {
@@ -778,6 +780,7 @@ async fn run_idle(args: &Args) -> Result<Value> {
         "broker_pid": args.broker_pid,
         "broker_cpu_connect_s": cpu.map(|c| round(c, 3)),
         "cpu_us_per_connect": cpu.filter(|_| connected > 0).map(|c| round(c * 1e6 / connected as f64, 1)),
+        "loadgen_cpu_connect_s": self_cpu.map(|c| round(c, 3)),
         "broker_rss_before_kb": rss_before,
         "broker_rss_held_kb": rss_held,
         "broker_rss_max_kb": rss_max,
