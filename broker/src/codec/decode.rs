@@ -397,11 +397,8 @@ fn decode_publish(
     } else {
         Properties::default()
     };
-    if topic.is_empty() && properties.topic_alias.is_none() {
-        return Err(DecodeError::Protocol(
-            "empty topic name without a topic alias (3.3.2.1)",
-        ));
-    }
+    // An empty topic without a topic alias is a protocol error (3.3.2.1), but whether an
+    // alias stands for the topic is connection state: that check is the broker's.
     Ok(Publish {
         dup: flags & 0b1000 != 0,
         qos,
