@@ -10,7 +10,7 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub mqtt: MqttConfig,
@@ -158,18 +158,6 @@ impl Default for AuthConfig {
 impl Default for SysConfig {
     fn default() -> Self {
         SysConfig { interval_secs: 10 }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            mqtt: MqttConfig::default(),
-            http: HttpConfig::default(),
-            storage: StorageConfig::default(),
-            auth: AuthConfig::default(),
-            sys: SysConfig::default(),
-        }
     }
 }
 

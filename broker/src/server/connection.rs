@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 
 /// Stop moving deliveries into the write buffer past this many bytes: the rest waits in
 /// the outbox, where the queue limits apply, until the socket takes what is buffered.
@@ -49,7 +49,8 @@ pub(super) struct Connection {
     pub username: Option<Arc<str>>,
     pub core: Arc<SessionCore>,
     pub state: SessionState,
-    pub will: Option<LastWill>,
+    /// Boxed: a will is rare and its properties are large; most connections carry none.
+    pub will: Option<Box<LastWill>>,
     /// Keep-alive in effect; zero means none.
     pub keep_alive: Duration,
     /// The client's Maximum Packet Size: larger PUBLISH packets are not sent to it.
@@ -62,7 +63,8 @@ pub(super) struct Connection {
     /// Topic aliases the client set towards the broker (v5).
     pub inbound_aliases: HashMap<u16, MqttStr>,
     pub wbuf: BytesMut,
-    pub kick: mpsc::Receiver<TakeOver>,
+    /// Fires once if a new connection takes the session over; `None` once it has.
+    pub kick: Option<oneshot::Receiver<TakeOver>>,
     pub ending: Option<End>,
 }
 
@@ -83,11 +85,22 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<Broke
     let _guard = ConnectionGuard(broker.stats.clone());
     let (mut reader, mut writer) = stream.into_split();
     let mut rbuf = BytesMut::new();
-    let Some(connection) =
-        super::handshake::accept(&mut reader, &mut writer, &mut rbuf, peer, broker).await
+    // The handshake's and the closing code's futures are boxed so that the task keeps
+    // only the steady-state loop's state for the connection's lifetime.
+    let Some(connection) = Box::pin(super::handshake::accept(
+        &mut reader,
+        &mut writer,
+        &mut rbuf,
+        peer,
+        broker,
+    ))
+    .await
     else {
         return;
     };
+    if rbuf.is_empty() {
+        rbuf = BytesMut::new();
+    }
     connection.run(reader, writer, rbuf).await;
 }
 
@@ -124,9 +137,15 @@ impl Connection {
             tokio::select! {
                 biased;
                 Ok(()) = shutdown.changed() => self.end(End::Shutdown),
-                Some(take_over) = self.kick.recv() => {
-                    self.hand_over(take_over, &mut writer).await;
-                    return;
+                take_over = wait_for_take_over(&mut self.kick), if self.kick.is_some() => {
+                    match take_over {
+                        Ok(take_over) => {
+                            Box::pin(self.hand_over(take_over, &mut writer)).await;
+                            return;
+                        }
+                        // The registry let go of this connection without a take-over.
+                        Err(_) => self.kick = None,
+                    }
                 }
                 written = writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => {
                     match written {
@@ -181,7 +200,7 @@ impl Connection {
             }
         }
         let end = self.ending.unwrap_or(End::Lost);
-        self.close(end, &mut writer).await;
+        Box::pin(self.close(end, &mut writer)).await;
     }
 
     /// Handles every whole packet in `rbuf`; returns how many there were.
@@ -263,7 +282,7 @@ impl Connection {
             Detached::Parked => {}
             Detached::Removed(core, state) => self.broker.router.remove_session(&core, &state),
             Detached::NotOwner(state) => {
-                if let Ok(take_over) = self.kick.try_recv() {
+                if let Some(Ok(take_over)) = self.kick.as_mut().map(|kick| kick.try_recv()) {
                     let _ = take_over.reply.send(state);
                 }
             }
@@ -275,11 +294,20 @@ impl Connection {
         if let Some(will) = self.will.take() {
             super::will::schedule(
                 self.broker.clone(),
-                will,
+                *will,
                 self.client_id.clone(),
                 self.id,
                 self.state.expiry_interval,
             );
         }
+    }
+}
+
+async fn wait_for_take_over(
+    kick: &mut Option<oneshot::Receiver<TakeOver>>,
+) -> Result<TakeOver, oneshot::error::RecvError> {
+    match kick {
+        Some(receiver) => receiver.await,
+        None => std::future::pending().await,
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 
 /// How long a new connection waits for a taken-over connection to hand its session on.
 const TAKE_OVER_WAIT: Duration = Duration::from_secs(5);
@@ -104,7 +104,7 @@ async fn read_first_packet(
 
 async fn flush(writer: &mut OwnedWriteHalf, wbuf: &mut BytesMut) -> bool {
     let ok = writer.write_all(wbuf).await.is_ok();
-    wbuf.clear();
+    *wbuf = BytesMut::new();
     ok
 }
 
@@ -187,7 +187,7 @@ async fn admit(
         queue_qos0_offline: config.queue_qos0_offline,
     };
     let connection_id = broker.next_connection_id();
-    let (kick_tx, kick_rx) = mpsc::channel(1);
+    let (kick_tx, kick_rx) = oneshot::channel();
     let (core, mut state, present) = match broker.registry.attach(
         client_id.clone(),
         connect.clean_start,
@@ -201,7 +201,8 @@ async fn admit(
             present,
             discarded,
         } => {
-            if let Some((old_core, old_state)) = discarded {
+            if let Some(discarded) = discarded {
+                let (old_core, old_state) = *discarded;
                 broker.router.remove_session(&old_core, &old_state);
             }
             (core, state, present)
@@ -259,7 +260,7 @@ async fn admit(
         username,
         core,
         state,
-        will: connect.will,
+        will: connect.will.map(Box::new),
         keep_alive: Duration::from_secs(u64::from(keep_alive)),
         client_max_packet: connect
             .properties
@@ -270,7 +271,7 @@ async fn admit(
         outbound_aliases: HashMap::new(),
         inbound_aliases: HashMap::new(),
         wbuf: BytesMut::new(),
-        kick: kick_rx,
+        kick: Some(kick_rx),
         ending: None,
     };
     connection.send(&connack);

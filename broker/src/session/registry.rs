@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// Sent to the connection that holds a session when a new connection claims its client id
 /// [MQTT-3.1.4-3]: the old connection answers with the session state and closes.
@@ -20,7 +20,7 @@ pub struct TakeOver {
 
 struct Owner {
     connection_id: u64,
-    kick: mpsc::Sender<TakeOver>,
+    kick: oneshot::Sender<TakeOver>,
 }
 
 struct Entry {
@@ -51,7 +51,7 @@ pub enum Attached {
         state: SessionState,
         present: bool,
         /// Subscriptions of a discarded session, for the router to remove.
-        discarded: Option<(Arc<SessionCore>, SessionState)>,
+        discarded: Option<Box<(Arc<SessionCore>, SessionState)>>,
     },
     /// Another connection holds the session; its state arrives on `state` once it closed.
     TakingOver {
@@ -95,7 +95,7 @@ impl Registry {
         client_id: Arc<str>,
         clean_start: bool,
         connection_id: u64,
-        kick: mpsc::Sender<TakeOver>,
+        kick: oneshot::Sender<TakeOver>,
         limits: OutboxLimits,
     ) -> Attached {
         let mut sessions = self.lock();
@@ -109,7 +109,7 @@ impl Registry {
                 let (reply, state) = oneshot::channel();
                 // If the old connection is already gone its state was parked (or the
                 // send fails and the caller falls back to the parked state).
-                let _ = previous.kick.try_send(TakeOver { reply });
+                let _ = previous.kick.send(TakeOver { reply });
                 return Attached::TakingOver {
                     core: entry.core.clone(),
                     state,
@@ -126,7 +126,7 @@ impl Registry {
                     core,
                     state: SessionState::default(),
                     present: false,
-                    discarded: Some((old_core, parked)),
+                    discarded: Some(Box::new((old_core, parked))),
                 };
             }
             return Attached::Ready {
