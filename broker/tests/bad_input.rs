@@ -276,6 +276,41 @@ async fn topics_beyond_the_configured_limits_are_refused() {
 }
 
 #[tokio::test]
+async fn a_subscription_identifier_of_0_is_a_protocol_error_mqtt_3_8_2_1() {
+    let mut subscribe = common::subscribe_packet(1, "a", codec::QoS::AtMostOnce);
+    if let Packet::Subscribe(s) = &mut subscribe {
+        s.properties.subscription_identifiers = vec![1];
+    }
+    let mut bytes = common::encode(&subscribe, ProtocolVersion::V5);
+    // [0x82, len, id(2), props len, 0x0B, 1, ...]: set the identifier's value to 0.
+    assert_eq!(bytes[5], 0x0B);
+    bytes[6] = 0;
+    closes_after(ProtocolVersion::V5, &bytes, 0x82).await;
+}
+
+#[tokio::test]
+async fn a_3_1_1_password_without_a_user_name_is_refused_mqtt_3_1_2_22() {
+    let broker = TestBroker::start().await;
+    let bystander = Bystander::new(&broker).await;
+    // CONNECT "MQTT" 4, flags: password + clean session, keep-alive 30, id "p", password "pw".
+    let connect = [
+        0x10, 17, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x42, 0, 30, 0, 1, b'p', 0, 2, b'p', b'w',
+    ];
+    assert_eq!(connect.len(), 2 + 17);
+    let mut raw = RawClient::open(broker.addr, ProtocolVersion::V311).await;
+    raw.send_raw(&connect).await;
+    let packets = raw.expect_closed().await;
+    assert!(
+        packets
+            .iter()
+            .all(|p| !matches!(p, Packet::ConnAck(a) if a.reason_code == 0)),
+        "accepted: {packets:?}"
+    );
+    bystander.still_works(&broker).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn a_truncated_packet_followed_by_close_harms_no_one() {
     let broker = TestBroker::start().await;
     let bystander = Bystander::new(&broker).await;

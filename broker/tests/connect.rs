@@ -394,6 +394,86 @@ async fn session_take_over_keeps_the_session_for_clean_session_false_mqtt_3_1_4_
 }
 
 #[tokio::test]
+#[ignore = "broker bug: a take-over resumes the old connection's session even when it had expiry 0 (clean session)"]
+async fn taking_over_a_clean_session_does_not_resume_it_mqtt_3_1_2_6() {
+    // A clean session lasts as long as its network connection [MQTT-3.1.2-6]: when a
+    // second connection with clean session false takes the client id over, the first
+    // connection's session ends with it, so no session is present and its subscriptions
+    // are gone.
+    let broker = TestBroker::start().await;
+    let mut first = v4::connect(broker.addr, "twin-clean").await;
+    first.subscribe("clean/t", v4::QoS::AtLeastOnce).await;
+    let mut second = v4::connect_with(broker.addr, "twin-clean", |o| {
+        o.set_clean_session(false);
+    })
+    .await
+    .unwrap();
+    first.wait_closed().await;
+    assert!(
+        !second.connack.session_present,
+        "the clean session ended with its connection"
+    );
+    let mut publisher = v4::connect(broker.addr, "twin-clean-pub").await;
+    publisher
+        .publish("clean/t", v4::QoS::AtLeastOnce, false, b"old sub")
+        .await;
+    second.expect_no_publish(QUIET).await;
+    publisher.disconnect().await;
+    second.disconnect().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+#[ignore = "broker bug: a take-over resumes the old connection's session even when it had expiry 0"]
+async fn taking_over_a_v5_session_without_expiry_does_not_resume_it_mqtt_3_1_2_11() {
+    let broker = TestBroker::start().await;
+    let mut first = v5::connect(broker.addr, "twin-zero").await; // session expiry 0
+    first.subscribe("zero/t", v5::QoS::AtLeastOnce).await;
+    let mut second = v5::connect_with(broker.addr, "twin-zero", |o| {
+        o.set_clean_start(false);
+        o.set_connect_properties(v5::session_expiry(60));
+    })
+    .await
+    .unwrap();
+    first.wait_closed().await;
+    assert!(
+        !second.connack.session_present,
+        "a session with expiry 0 ends with its connection"
+    );
+    let mut publisher = v5::connect(broker.addr, "twin-zero-pub").await;
+    publisher
+        .publish("zero/t", v5::QoS::AtLeastOnce, false, b"old sub")
+        .await;
+    second.expect_no_publish(QUIET).await;
+    publisher.disconnect().await;
+    second.disconnect().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn taking_over_with_clean_start_discards_the_old_session_mqtt_3_1_2_4() {
+    let broker = TestBroker::start().await;
+    let mut first = v5::connect_with(broker.addr, "twin-discard", |o| {
+        o.set_clean_start(false);
+        o.set_connect_properties(v5::session_expiry(60));
+    })
+    .await
+    .unwrap();
+    first.subscribe("discard/t", v5::QoS::AtLeastOnce).await;
+    let mut second = v5::connect(broker.addr, "twin-discard").await; // clean start
+    first.wait_closed().await;
+    assert!(!second.connack.session_present);
+    let mut publisher = v5::connect(broker.addr, "twin-discard-pub").await;
+    publisher
+        .publish("discard/t", v5::QoS::AtLeastOnce, false, b"old sub")
+        .await;
+    second.expect_no_publish(QUIET).await;
+    publisher.disconnect().await;
+    second.disconnect().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn anonymous_clients_are_refused_when_anonymous_access_is_off() {
     let broker = TestBroker::start_with(|c| c.auth.allow_anonymous = false).await;
     let refused = v4::connect_with(broker.addr, "anon4", |_| {}).await;

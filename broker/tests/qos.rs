@@ -416,3 +416,22 @@ async fn qos0_messages_are_not_held_back_by_the_in_flight_window() {
     publisher.disconnect().await;
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn pubrel_for_an_unknown_packet_id_gets_pubcomp_0x92_in_v5() {
+    let broker = TestBroker::start().await;
+    let mut raw = RawClient::connected(broker.addr, ProtocolVersion::V5, "unknown-rel").await;
+    raw.send(&Packet::PubRel(PubResponse::new(99, 0))).await;
+    assert_eq!(
+        raw.expect().await,
+        Packet::PubComp(PubResponse::new(99, 0x92))
+    );
+    raw.ping().await;
+    let mut raw4 = RawClient::connected(broker.addr, ProtocolVersion::V311, "unknown-rel4").await;
+    raw4.send(&Packet::PubRel(PubResponse::new(99, 0))).await;
+    match raw4.expect().await {
+        Packet::PubComp(comp) => assert_eq!(comp.packet_id, 99),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    broker.stop().await;
+}

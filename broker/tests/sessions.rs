@@ -393,3 +393,70 @@ async fn offline_messages_keep_their_order_mqtt_4_6_0_2() {
     sub.disconnect().await;
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn qos2_is_exactly_once_across_a_publisher_reconnect_mqtt_4_3_3() {
+    let broker = TestBroker::start().await;
+    let mut sub = v4::connect(broker.addr, "eo-across-sub").await;
+    sub.subscribe("eox/t", v4::QoS::ExactlyOnce).await;
+    let mut connect = common::connect_packet(ProtocolVersion::V311, "eo-across");
+    connect.clean_start = false;
+    let (mut publisher, _) = RawClient::connect(broker.addr, connect.clone()).await;
+    let publish = common::publish_packet("eox/t", codec::QoS::ExactlyOnce, 11, b"once");
+    publisher.send(&publish).await;
+    assert_eq!(
+        publisher.expect().await,
+        Packet::PubRec(PubResponse::new(11, 0))
+    );
+    drop(publisher); // lost before PUBREL
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (mut publisher, connack) = RawClient::connect(broker.addr, connect).await;
+    assert!(connack.session_present);
+    // The client does not know whether PUBREC arrived: it sends the PUBLISH again (DUP),
+    // then PUBREL. The broker must not deliver a second copy [MQTT-4.3.3-10].
+    let mut again = publish.clone();
+    if let Packet::Publish(p) = &mut again {
+        p.dup = true;
+    }
+    publisher.send(&again).await;
+    assert_eq!(
+        publisher.expect().await,
+        Packet::PubRec(PubResponse::new(11, 0))
+    );
+    publisher
+        .send(&Packet::PubRel(PubResponse::new(11, 0)))
+        .await;
+    assert_eq!(
+        publisher.expect().await,
+        Packet::PubComp(PubResponse::new(11, 0))
+    );
+    assert_eq!(&sub.recv_publish().await.payload[..], b"once");
+    sub.expect_no_publish(QUIET).await;
+    sub.disconnect().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn in_flight_messages_move_to_the_connection_that_takes_the_session_over_mqtt_4_4_0_1() {
+    let broker = TestBroker::start().await;
+    let mut connect = common::connect_packet(ProtocolVersion::V311, "inflight-twin");
+    connect.clean_start = false;
+    let (mut first, _) = RawClient::connect(broker.addr, connect.clone()).await;
+    first.subscribe(1, "ift/t", codec::QoS::AtLeastOnce).await;
+    publish4(&broker, "ift/t", v4::QoS::AtLeastOnce, b"unacked").await;
+    let original = first.expect_publish().await;
+    // A second connection takes over while the first has not acknowledged.
+    let (mut second, connack) = RawClient::connect(broker.addr, connect).await;
+    assert!(connack.session_present);
+    first.expect_closed().await;
+    let resent = second.expect_publish().await;
+    assert!(resent.dup);
+    assert_eq!(resent.packet_id, original.packet_id);
+    assert_eq!(&resent.payload[..], b"unacked");
+    second
+        .send(&Packet::PubAck(PubResponse::new(resent.packet_id, 0)))
+        .await;
+    second.expect_silence(QUIET).await;
+    broker.stop().await;
+}

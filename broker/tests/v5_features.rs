@@ -69,6 +69,31 @@ async fn a_subscription_identifier_is_returned_only_for_subscriptions_that_have_
 }
 
 #[tokio::test]
+async fn resubscribing_without_an_identifier_removes_it_mqtt_3_8_4_3() {
+    let broker = TestBroker::start().await;
+    let mut sub = v5::connect(broker.addr, "sid-replace").await;
+    sub.subscribe_with_id("sid3/a", v5::QoS::AtMostOnce, 7)
+        .await;
+    sub.subscribe("sid3/a", v5::QoS::AtMostOnce).await;
+    let mut publisher = v5::connect(broker.addr, "sid3-pub").await;
+    publisher
+        .publish("sid3/a", v5::QoS::AtLeastOnce, false, b"x")
+        .await;
+    let got = sub.recv_publish().await;
+    let ids = got
+        .properties
+        .map(|p| p.subscription_identifiers)
+        .unwrap_or_default();
+    assert!(
+        ids.is_empty(),
+        "the replacing subscription has no identifier: {ids:?}"
+    );
+    publisher.disconnect().await;
+    sub.disconnect().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn retained_messages_carry_the_subscription_identifier_mqtt_3_3_4_3() {
     let broker = TestBroker::start().await;
     let mut publisher = v5::connect(broker.addr, "sid-ret-pub").await;
