@@ -183,35 +183,38 @@ fn raw_publish_with_alias(topic: &str, alias: u16) -> Packet {
     publish
 }
 
-async fn alias_violation(packet: Packet, expected: u8) {
+/// Sends `packet` and checks that the connection is closed with one of `allowed`.
+async fn alias_violation(packet: Packet, allowed: &[u8]) {
     let broker = TestBroker::start_with(|c| c.mqtt.topic_alias_maximum = 4).await;
     let mut raw = RawClient::connected(broker.addr, ProtocolVersion::V5, "bad-alias").await;
     let mut bystander = RawClient::connected(broker.addr, ProtocolVersion::V5, "bystander").await;
     raw.send(&packet).await;
     let packets = raw.expect_closed().await;
-    assert_eq!(
-        common::disconnect_reason(&packets),
-        Some(expected),
-        "{packets:?}"
+    let reason = common::disconnect_reason(&packets);
+    assert!(
+        reason.is_some_and(|r| allowed.contains(&r)),
+        "expected DISCONNECT with one of {allowed:02x?}: {packets:?}"
     );
     bystander.ping().await;
     broker.stop().await;
 }
 
+// The specification gives 0x94 for an alias above the maximum and names no code for alias
+// 0 or an alias never mapped: brokers answer those with 0x82 (Protocol Error) or 0x94.
+
 #[tokio::test]
-async fn topic_alias_0_is_a_protocol_error_mqtt_3_3_2_8() {
-    // 0x94 is defined for an alias above the maximum; alias 0 is simply not permitted.
-    alias_violation(raw_publish_with_alias("a", 0), 0x82).await;
+async fn topic_alias_0_closes_the_connection_mqtt_3_3_2_8() {
+    alias_violation(raw_publish_with_alias("a", 0), &[0x82, 0x94]).await;
 }
 
 #[tokio::test]
 async fn a_topic_alias_above_the_maximum_is_refused_with_0x94_mqtt_3_3_2_10() {
-    alias_violation(raw_publish_with_alias("a", 5), 0x94).await;
+    alias_violation(raw_publish_with_alias("a", 5), &[0x94]).await;
 }
 
 #[tokio::test]
-async fn an_unknown_topic_alias_with_an_empty_topic_is_a_protocol_error_mqtt_3_3_4() {
-    alias_violation(raw_publish_with_alias("", 3), 0x82).await;
+async fn an_unknown_topic_alias_with_an_empty_topic_closes_the_connection_mqtt_3_3_4() {
+    alias_violation(raw_publish_with_alias("", 3), &[0x82, 0x94]).await;
 }
 
 #[tokio::test]
