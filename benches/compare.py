@@ -417,6 +417,28 @@ def summary(run: Run) -> str:
             f"RSS max {fmt(r.get('broker_rss_max_kb'))} KiB, other load {fmt(r.get('other_cpu_pct'))}%")
 
 
+def busy_fraction(interval: float = 1.0) -> float:
+    """Fraction of all CPUs busy over `interval` seconds (/proc/stat)."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        return sum(v) - v[3] - v[4], sum(v)
+    b0, t0 = sample()
+    time.sleep(interval)
+    b1, t1 = sample()
+    return (b1 - b0) / max(1, t1 - t0)
+
+
+def wait_idle(max_wait: float, threshold: float = 0.10) -> float:
+    """Wait (up to max_wait s) until the machine is mostly idle; returns
+    the last busy fraction seen."""
+    deadline = time.monotonic() + max_wait
+    busy = busy_fraction()
+    while busy > threshold and time.monotonic() < deadline:
+        busy = busy_fraction()
+    return busy
+
+
 def raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 65535 if hard == resource.RLIM_INFINITY else min(hard, 65535)
@@ -446,6 +468,9 @@ def main() -> int:
                     help="extra environment for Rookery (repeatable; RUST_LOG defaults to warn)")
     ap.add_argument("--mosquitto-nodelay", action="store_true",
                     help="add set_tcp_nodelay true to Mosquitto's config (default: Mosquitto's default, Nagle on)")
+    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
+                    help="before each run, wait up to S seconds for the machine to be <10%% busy "
+                         "(useful on shared machines; default 0 = don't wait)")
     ap.add_argument("--out", help="also write the Markdown table to this file")
     ap.add_argument("--raw", help="write every run's JSON result to this file")
     ap.add_argument("--list", action="store_true", help="list scenarios and exit")
@@ -490,6 +515,10 @@ def main() -> int:
                 order = brokers if rep % 2 == 1 else list(reversed(brokers))
                 for b in order:
                     n += 1
+                    if opts.wait_idle > 0:
+                        busy = wait_idle(opts.wait_idle)
+                        if busy > 0.10:
+                            print(f"[machine still {busy:.0%} busy]", end=" ", file=sys.stderr)
                     print(f"[{n}/{total} {time.monotonic() - t0:5.0f}s] rep {rep} {sc.name} on {b} ...",
                           end="", file=sys.stderr, flush=True)
                     run = run_one(Broker(b, opts), sc, rep, opts)
