@@ -394,7 +394,6 @@ async fn session_take_over_keeps_the_session_for_clean_session_false_mqtt_3_1_4_
 }
 
 #[tokio::test]
-#[ignore = "broker bug: a take-over resumes the old connection's session even when it had expiry 0 (clean session)"]
 async fn taking_over_a_clean_session_does_not_resume_it_mqtt_3_1_2_6() {
     // A clean session lasts as long as its network connection [MQTT-3.1.2-6]: when a
     // second connection with clean session false takes the client id over, the first
@@ -424,7 +423,6 @@ async fn taking_over_a_clean_session_does_not_resume_it_mqtt_3_1_2_6() {
 }
 
 #[tokio::test]
-#[ignore = "broker bug: a take-over resumes the old connection's session even when it had expiry 0"]
 async fn taking_over_a_v5_session_without_expiry_does_not_resume_it_mqtt_3_1_2_11() {
     let broker = TestBroker::start().await;
     let mut first = v5::connect(broker.addr, "twin-zero").await; // session expiry 0

@@ -216,7 +216,9 @@ async fn admit(
                 Ok(Ok(state)) => state,
                 _ => broker.registry.take_parked(&client_id).unwrap_or_default(),
             };
-            if clean_start {
+            // A session that was to end with its connection (clean session, or v5 expiry
+            // 0) is not resumed by whoever takes it over [MQTT-3.1.2-6].
+            if clean_start || handed.expiry_interval == 0 {
                 broker.router.remove_session(&core, &handed);
                 let fresh = broker.registry.new_core(client_id.clone(), limits);
                 broker.registry.replace_core(&client_id, fresh.clone());

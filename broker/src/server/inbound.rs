@@ -152,7 +152,9 @@ impl Connection {
             match self.inbound_aliases.get(&alias) {
                 Some(topic) => publish.topic = topic.clone(),
                 None => {
-                    self.end(End::Violation(reason::PROTOCOL_ERROR));
+                    // An alias this connection never mapped: the alias is what is wrong
+                    // (0x94, as the Paho interoperability suite and Mosquitto have it).
+                    self.end(End::Violation(reason::TOPIC_ALIAS_INVALID));
                     return false;
                 }
             }
