@@ -51,6 +51,16 @@ impl Message {
         }
     }
 
+    /// Gives the message memory of its own: its topic, payload and properties stop being
+    /// slices of the publisher's read buffer. Done once per message (not per subscriber)
+    /// when it is retained or has to wait in a queue, so that waiting messages keep only
+    /// their own bytes alive.
+    pub fn detach_from_read_buffer(&mut self) {
+        self.topic = MqttStr::from(self.topic.as_str());
+        self.payload = Bytes::copy_from_slice(&self.payload);
+        self.properties.detach_from_read_buffer();
+    }
+
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
     }

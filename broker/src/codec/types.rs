@@ -168,6 +168,41 @@ impl Properties {
     pub fn is_empty(&self) -> bool {
         *self == Properties::default()
     }
+
+    /// Copies every string and binary property into memory of its own, so that the
+    /// properties no longer keep the buffer they were decoded from alive.
+    pub fn detach_from_read_buffer(&mut self) {
+        fn own(s: &mut MqttStr) {
+            *s = MqttStr::from(s.as_str());
+        }
+        fn own_bytes(b: &mut Bytes) {
+            *b = Bytes::copy_from_slice(b);
+        }
+        for s in [
+            &mut self.content_type,
+            &mut self.response_topic,
+            &mut self.assigned_client_identifier,
+            &mut self.authentication_method,
+            &mut self.response_information,
+            &mut self.server_reference,
+            &mut self.reason_string,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            own(s);
+        }
+        for b in [&mut self.correlation_data, &mut self.authentication_data]
+            .into_iter()
+            .flatten()
+        {
+            own_bytes(b);
+        }
+        for (key, value) in &mut self.user_properties {
+            own(key);
+            own(value);
+        }
+    }
 }
 
 /// The will message carried in CONNECT.

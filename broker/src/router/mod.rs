@@ -41,16 +41,20 @@ impl Router {
 
     /// Routes one message: stores or clears it as retained, then queues one delivery per
     /// matching session. Returns how many deliveries were queued.
-    pub fn publish(&self, message: Arc<Message>) -> usize {
-        if message.retain {
-            self.retained.set(&message);
-        }
+    pub fn publish(&self, mut message: Message) -> usize {
         let acl = self.acl();
         // Deliveries are queued under the read lock: no subscriber is cloned, and queueing
         // never waits (outbox pushes take only the outbox's own short lock).
         let trie = self.trie.read().unwrap_or_else(|e| e.into_inner());
         let mut matches = Vec::new();
         trie.matches(&message.topic, &mut matches);
+        if message.retain || matches.iter().any(|s| s.session.outbox.is_backlogged()) {
+            message.detach_from_read_buffer();
+        }
+        let message = Arc::new(message);
+        if message.retain {
+            self.retained.set(&message);
+        }
         if matches.is_empty() {
             return 0;
         }

@@ -10,7 +10,6 @@ use crate::codec::{
 use crate::message::Message;
 use crate::session::{Delivery, SessionSubscription};
 use crate::stats::Stats;
-use std::sync::Arc;
 
 impl Connection {
     pub(super) fn handle(&mut self, packet: Packet) {
@@ -115,7 +114,7 @@ impl Connection {
         }
         let qos = publish.qos;
         let packet_id = publish.packet_id;
-        let message = Arc::new(Message::new(publish, self.client_id.clone()));
+        let message = Message::new(publish, self.client_id.clone());
         self.broker.router.publish(message);
         match qos {
             QoS::AtMostOnce => {}

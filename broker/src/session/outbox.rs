@@ -11,9 +11,12 @@ use crate::config::OverflowPolicy;
 use crate::message::Message;
 use crate::stats::Stats;
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
+
+/// Queued deliveries past which a subscriber counts as backlogged.
+const BACKLOG_THRESHOLD: usize = 32;
 
 /// One message on its way to one subscriber.
 #[derive(Clone)]
@@ -44,7 +47,6 @@ struct Queue {
     deliveries: VecDeque<Delivery>,
     bytes: usize,
     qos0_queued: usize,
-    online: bool,
 }
 
 /// Why a delivery was not queued.
@@ -58,6 +60,11 @@ pub struct Outbox {
     queue: Mutex<Queue>,
     /// Wakes the connection task when the queue goes from empty to non-empty.
     pub ready: Notify,
+    /// Whether the client is connected; read without the lock by shared-subscription
+    /// member choice and by the router's backlog check.
+    online: AtomicBool,
+    /// Deliveries queued, mirrored outside the lock for the router's backlog check.
+    queued: AtomicUsize,
     stats: Arc<Stats>,
 }
 
@@ -69,9 +76,10 @@ impl Outbox {
                 deliveries: VecDeque::new(),
                 bytes: 0,
                 qos0_queued: 0,
-                online: true,
             }),
             ready: Notify::new(),
+            online: AtomicBool::new(true),
+            queued: AtomicUsize::new(0),
             stats,
         }
     }
@@ -86,18 +94,26 @@ impl Outbox {
     }
 
     pub fn online(&self) -> bool {
-        self.lock().online
+        self.online.load(Ordering::Relaxed)
     }
 
     pub fn set_online(&self, online: bool) {
-        self.lock().online = online;
+        self.online.store(online, Ordering::Relaxed);
+    }
+
+    /// Whether a message queued here is likely to wait: the client is offline or already
+    /// has a backlog. The router then gives the message its own memory instead of a slice
+    /// of the publisher's read buffer, so that a few waiting messages cannot pin many
+    /// whole read buffers (which would break the queue's byte limit).
+    pub fn is_backlogged(&self) -> bool {
+        !self.online() || self.queued.load(Ordering::Relaxed) > BACKLOG_THRESHOLD
     }
 
     /// Queues a delivery, applying the overflow policy. Never blocks.
     pub fn push(&self, delivery: Delivery) -> Result<(), Drop> {
         let mut queue = self.lock();
         let limits = queue.limits;
-        if !queue.online && delivery.qos == QoS::AtMostOnce && !limits.queue_qos0_offline {
+        if !self.online() && delivery.qos == QoS::AtMostOnce && !limits.queue_qos0_offline {
             return Err(Drop::Offline);
         }
         let weight = delivery.weight();
@@ -123,6 +139,7 @@ impl Outbox {
             match limits.policy {
                 OverflowPolicy::DropNew => {
                     self.count_drop(delivery.qos);
+                    self.queued.store(queue.deliveries.len(), Ordering::Relaxed);
                     return Err(Drop::QueueFull);
                 }
                 OverflowPolicy::DropOldest => {
@@ -141,6 +158,7 @@ impl Outbox {
             queue.qos0_queued += 1;
         }
         queue.deliveries.push_back(delivery);
+        self.queued.store(queue.deliveries.len(), Ordering::Relaxed);
         drop(queue);
         if was_empty {
             self.ready.notify_one();
@@ -199,19 +217,7 @@ impl Outbox {
                 out.push(delivery);
             }
         }
-    }
-
-    /// Puts deliveries back at the front (in order), e.g. in-flight messages of a
-    /// connection that ended, so that the next connection resends them first.
-    pub fn requeue_front(&self, deliveries: Vec<Delivery>) {
-        let mut queue = self.lock();
-        for delivery in deliveries.into_iter().rev() {
-            queue.bytes += delivery.weight();
-            if delivery.qos == QoS::AtMostOnce {
-                queue.qos0_queued += 1;
-            }
-            queue.deliveries.push_front(delivery);
-        }
+        self.queued.store(queue.deliveries.len(), Ordering::Relaxed);
     }
 
     pub fn len(&self) -> usize {
@@ -227,5 +233,6 @@ impl Outbox {
         queue.deliveries.clear();
         queue.bytes = 0;
         queue.qos0_queued = 0;
+        self.queued.store(0, Ordering::Relaxed);
     }
 }
