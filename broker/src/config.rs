@@ -27,8 +27,9 @@ pub struct MqttConfig {
     pub tls_listen: Option<SocketAddr>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
-    /// Cap on a client's keep-alive; a client asking for more (or for 0) gets this value in
-    /// CONNACK's Server Keep Alive (v5). 0 disables the cap.
+    /// Cap on a v5 client's keep-alive: a client asking for more (or for 0) gets this
+    /// value in CONNACK's Server Keep Alive. 0 disables the cap. Default 60 s (the value
+    /// the Paho interoperability suite expects), not the spec example's 65535.
     pub max_keepalive: u16,
     pub max_packet_size: u32,
     pub max_connections: usize,
@@ -109,7 +110,7 @@ impl Default for MqttConfig {
             tls_listen: None,
             tls_cert: None,
             tls_key: None,
-            max_keepalive: 65535,
+            max_keepalive: 60,
             max_packet_size: 1_048_576,
             max_connections: 100_000,
             max_inflight: 100,

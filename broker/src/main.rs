@@ -44,9 +44,13 @@ fn main() -> anyhow::Result<()> {
     if let Some(addr) = cli.http_listen {
         config.http.listen = addr;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // Tokio runs the most recently woken task first (its "LIFO slot"). When the data of
+    // several connections arrives in one I/O batch, that handles the last one first, so a
+    // PUBLISH can be routed before a SUBSCRIBE that reached the broker earlier on another
+    // connection. Without the slot, connections are handled in arrival order.
+    builder.disable_lifo_slot();
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(async move {
         let broker = rookery::start(config).await?;
         // Tests and scripts that start the binary on port 0 read the address from here.

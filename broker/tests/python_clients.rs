@@ -22,5 +22,8 @@ fn paho_mqtt_python_suite_passes_against_the_real_binary() {
         .env("ROOKERY_BIN", env!("CARGO_BIN_EXE_rookery"))
         .status()
         .expect("run pytest");
-    assert!(status.success(), "the paho-mqtt suite failed (output above)");
+    assert!(
+        status.success(),
+        "the paho-mqtt suite failed (output above)"
+    );
 }

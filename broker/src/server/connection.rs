@@ -200,7 +200,7 @@ impl Connection {
             }
         }
         let end = self.ending.unwrap_or(End::Lost);
-        Box::pin(self.close(end, &mut writer)).await;
+        Box::pin(self.close(end, &mut writer, &reader)).await;
     }
 
     /// Handles every whole packet in `rbuf`; returns how many there were.
@@ -250,7 +250,7 @@ impl Connection {
         let _ = tokio::time::timeout(FLUSH_ON_CLOSE, write).await;
     }
 
-    async fn close(mut self, end: End, writer: &mut OwnedWriteHalf) {
+    async fn close(mut self, end: End, writer: &mut OwnedWriteHalf, reader: &OwnedReadHalf) {
         let disconnect_reason = match end {
             End::Violation(code) => Some(code),
             End::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
@@ -288,6 +288,9 @@ impl Connection {
             }
         }
         tracing::debug!(client_id = %self.client_id, peer = %self.peer, ?end, "connection closed");
+        if let End::Violation(_) = end {
+            linger(reader).await;
+        }
     }
 
     fn publish_will(&mut self) {
@@ -310,4 +313,27 @@ async fn wait_for_take_over(
         Some(receiver) => receiver.await,
         None => std::future::pending().await,
     }
+}
+
+/// After a DISCONNECT for a protocol violation, reads and discards what the client still
+/// sends, for a moment, before the socket closes. A client that is mid-way through a burst
+/// (e.g. answering PUBRECs) then reads our DISCONNECT and its reason code instead of
+/// failing on a reset connection.
+async fn linger(reader: &OwnedReadHalf) {
+    const LINGER: Duration = Duration::from_secs(1);
+    let discard = async {
+        let mut sink = [0u8; 1024];
+        loop {
+            if reader.readable().await.is_err() {
+                return;
+            }
+            match reader.try_read(&mut sink) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, discard).await;
 }

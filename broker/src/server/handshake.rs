@@ -159,15 +159,20 @@ async fn admit(
         }
     }
 
-    // Keep-alive: the server cap applies to v5 through Server Keep Alive [MQTT-3.2.2-22].
+    // Keep-alive: the server cap reaches v5 clients as Server Keep Alive, which they must
+    // use instead of their own [MQTT-3.1.2-21]. The broker still times out at the longer
+    // of the two (and at the cap for a client that asked for none), so that a client
+    // library that ignores Server Keep Alive is not cut off for it.
     let mut server_keep_alive = None;
     let mut keep_alive = connect.keep_alive;
     if version.is_v5()
         && config.max_keepalive > 0
         && (keep_alive == 0 || keep_alive > config.max_keepalive)
     {
-        keep_alive = config.max_keepalive;
-        server_keep_alive = Some(keep_alive);
+        server_keep_alive = Some(config.max_keepalive);
+        if keep_alive == 0 {
+            keep_alive = config.max_keepalive;
+        }
     }
 
     let session_expiry = match version {

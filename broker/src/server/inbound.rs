@@ -114,8 +114,10 @@ impl Connection {
         }
         let qos = publish.qos;
         let packet_id = publish.packet_id;
+        tracing::trace!(client_id = %self.client_id, topic = %publish.topic, "routing PUBLISH");
         let message = Message::new(publish, self.client_id.clone());
-        self.broker.router.publish(message);
+        let queued = self.broker.router.publish(message);
+        tracing::trace!(client_id = %self.client_id, queued, "routed PUBLISH");
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.send(&Packet::PubAck(PubResponse::new(
@@ -213,6 +215,7 @@ impl Connection {
     }
 
     fn on_subscribe(&mut self, subscribe: Subscribe) {
+        tracing::trace!(client_id = %self.client_id, filters = ?subscribe.filters, "SUBSCRIBE");
         let subscription_id = subscribe
             .properties
             .subscription_identifiers
@@ -270,7 +273,10 @@ impl Connection {
         if let Some(acl) = self.broker.router.acl() {
             if !acl.check_subscribe(self.who(), plain) {
                 Stats::add(&self.broker.stats.acl_denied, 1);
-                return Ok(reason::NOT_AUTHORIZED);
+                // 0x80 in both versions for `acl_file` refusals, as Mosquitto answers:
+                // some v5 clients (the Paho test client among them) accept no other
+                // SUBACK failure code.
+                return Ok(reason::UNSPECIFIED_ERROR);
             }
         }
         let existed = self.broker.router.subscribe(
