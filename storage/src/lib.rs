@@ -7,9 +7,11 @@
 
 mod memory;
 mod records;
+pub mod store;
 
 pub use memory::{MemoryRetainedStore, MemorySessionStore};
 pub use records::{StoredMessage, StoredSession, StoredSubscription};
+pub use store::{InflightEntry, Op, QueueEntry, Recovered, RecoveredSession, Store};
 
 /// Errors a store can report. A store error refuses the durable work that caused it and
 /// must leave what is already stored intact.

@@ -36,7 +36,10 @@ impl RetainedStore for MemoryRetainedStore {
     }
 
     fn len(&self) -> usize {
-        self.messages.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.messages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 }
 

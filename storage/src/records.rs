@@ -37,4 +37,8 @@ pub struct StoredSession {
     pub expiry_interval: u32,
     /// Milliseconds since the Unix epoch when the client disconnected (0 while connected).
     pub disconnected_at_ms: u64,
+    /// The will of the last connection, kept while its will delay runs.
+    pub will: Option<StoredMessage>,
+    /// Will Delay Interval in seconds.
+    pub will_delay: u32,
 }
