@@ -13,17 +13,24 @@
 //! |---------------|---------------------------------------|-----------------------------|
 //! | `meta`        | `schema_version`, `next_message_id`   | u64 big-endian              |
 //! | `retained`    | topic (UTF-8)                         | `StoredMessage`             |
-//! | `messages`    | message id (u64 BE)                   | refcount u32 + `StoredMessage` |
+//! | `messages`    | message id (u64 BE)                   | `StoredMessage`             |
+//! | `refcounts`   | message id (u64 BE)                   | reference count, u64 BE     |
 //! | `sessions`    | client id                             | `StoredSession`             |
 //! | `queues`      | client id, 0x00, sequence (u64 BE)    | `QueueEntry`                |
 //! | `inflight`    | client id, 0x00, packet id (u16 BE)   | `InflightEntry`             |
 //! | `incoming`    | client id, 0x00, packet id (u16 BE)   | empty (QoS 2 awaiting PUBREL) |
 //!
+//! Reference counts live in their own tree, beside the message rather than in front of it,
+//! so that acknowledging one copy of a message shared by many sessions rewrites 8 bytes,
+//! not the whole payload. A message id has a `refcounts` entry exactly when it has a
+//! `messages` entry. Records are encoded as described in `codec.rs` (a format byte, then
+//! varint-framed fields).
+//!
 //! Later issues add `users`, `groups`, `members`, `history` and `outbox` trees under the same
 //! schema version scheme. Client ids cannot contain 0x00 (MQTT strings exclude U+0000),
 //! so the separator is unambiguous.
 
-use crate::{StorageResult, StoredMessage, StoredSession};
+use crate::{StorageError, StorageResult, StoredMessage, StoredSession};
 
 /// Current on-disk schema. Opening a database with another version is refused.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -52,43 +59,103 @@ pub struct InflightEntry {
 }
 
 /// One change. Messages are stored once and shared by every queue and in-flight entry
-/// that refers to them: `PutMessage` stores it with a reference count of zero, every
-/// `Enqueue` / `PutInflight` naming it adds one, every `Dequeue` / `RemoveInflight` (and
-/// the removal of a session) drops one, and a message whose count reaches zero is deleted
-/// within the same batch.
+/// that refers to them, with a reference count:
+///
+/// - `PutMessage` stores a new message with a count of zero (re-putting an id that is
+///   already stored replaces its content and keeps its count, so the count always equals
+///   the number of entries naming it);
+/// - every `Enqueue` / `PutInflight` naming it adds one; one that replaces an existing
+///   entry at the same key first drops one from the message the old entry named (so
+///   re-putting an in-flight entry on PUBREC is neutral);
+/// - every `Dequeue` / `RemoveInflight` of an existing entry drops one, and so does each
+///   queue or in-flight entry removed with `RemoveSession`; removing a key that does not
+///   exist changes nothing;
+/// - a message whose count is zero at the end of the batch is deleted, whether it was
+///   dropped to zero or put and never referenced. Deletion waits for the end of the batch
+///   so that `Dequeue` then `PutInflight` of the same message (moving it from the queue to
+///   the in-flight window) works in one batch.
+///
+/// Ops apply in order. A batch in which an `Enqueue` / `PutInflight` names a message that
+/// is neither stored nor put earlier in the batch, or a client id contains U+0000, is
+/// refused whole with [`crate::StorageError::Invalid`], and nothing of it is applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     PutRetained(StoredMessage),
-    RemoveRetained { topic: String },
+    RemoveRetained {
+        topic: String,
+    },
     PutSession(StoredSession),
     /// Removes the session with its queue, in-flight and incoming records.
-    RemoveSession { client_id: String },
-    PutMessage { id: u64, message: StoredMessage },
-    Enqueue { client_id: String, sequence: u64, entry: QueueEntry },
-    Dequeue { client_id: String, sequence: u64 },
-    PutInflight { client_id: String, packet_id: u16, entry: InflightEntry },
-    RemoveInflight { client_id: String, packet_id: u16 },
-    PutIncoming { client_id: String, packet_id: u16 },
-    RemoveIncoming { client_id: String, packet_id: u16 },
+    RemoveSession {
+        client_id: String,
+    },
+    PutMessage {
+        id: u64,
+        message: StoredMessage,
+    },
+    Enqueue {
+        client_id: String,
+        sequence: u64,
+        entry: QueueEntry,
+    },
+    Dequeue {
+        client_id: String,
+        sequence: u64,
+    },
+    PutInflight {
+        client_id: String,
+        packet_id: u16,
+        entry: InflightEntry,
+    },
+    RemoveInflight {
+        client_id: String,
+        packet_id: u16,
+    },
+    PutIncoming {
+        client_id: String,
+        packet_id: u16,
+    },
+    RemoveIncoming {
+        client_id: String,
+        packet_id: u16,
+    },
 }
 
 /// What the broker recovers at start-up, without loading queued messages into memory.
+///
+/// Everything is in key order: retained messages by topic, sessions by client id,
+/// in-flight entries and incoming ids by packet id (the broker re-sends in-flight messages
+/// in `InflightEntry::sequence` order). Queue entries of a client id that has no session
+/// record are not reported here (they stay reachable through `queue_range`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovered {
     pub retained: Vec<StoredMessage>,
     pub sessions: Vec<RecoveredSession>,
-    /// The first message id not yet used.
+    /// The first message id not yet used: above every id ever put (a persisted high-water
+    /// mark, so ids are not reused after their messages are deleted), and at least 1.
     pub next_message_id: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveredSession {
     pub session: StoredSession,
-    /// (first, last) sequence of its queue, if non-empty, and its length.
+    /// (first, last) sequence of its queue, if non-empty, and its length (the count of
+    /// entries, which is less than last - first + 1 when entries were dequeued out of order).
     pub queue: Option<(u64, u64)>,
     pub queue_len: u64,
     pub inflight: Vec<(u16, InflightEntry, StoredMessage)>,
     pub incoming: Vec<u16>,
+}
+
+/// Client ids key per-session ranges followed by a 0x00 separator, so one containing
+/// U+0000 (which MQTT forbids anyway) could read or remove another client's records.
+pub(crate) fn check_client_id(client_id: &str) -> StorageResult<()> {
+    if client_id.as_bytes().contains(&0) {
+        return Err(StorageError::Invalid(format!(
+            "client id {client_id:?} contains U+0000"
+        )));
+    }
+    Ok(())
 }
 
 pub trait Store: Send + Sync {

@@ -1,0 +1,784 @@
+//! The sled implementation of [`Store`]: the only code in the workspace that touches sled.
+//!
+//! # Atomicity
+//!
+//! `apply` runs in two steps. First every op of the batch is evaluated, in order, against
+//! an overlay (the batch's pending writes, per tree) that reads through to sled: that is
+//! where reference counts are computed, entries replaced by a later op are found, and
+//! `RemoveSession` merges the stored range with what the batch itself added or removed.
+//! Nothing is written while this runs, so an invalid batch or a decoding error leaves the
+//! database untouched. Then the resulting plain inserts and removals are committed in one
+//! sled multi-tree transaction over all trees. sled seals a transaction's writes in its log
+//! as one batch, so after a crash recovery sees all of them or none (the crash test in
+//! `tests/crash.rs` kills a writer with SIGKILL to check exactly that). The transaction
+//! closure only replays the precomputed writes, so a retry (sled retries on conflicts)
+//! cannot apply anything twice; `apply` calls are serialised by a mutex, so in practice
+//! there are no conflicts.
+//!
+//! `apply` never fsyncs: `flush` does, once per group commit.
+//!
+//! # Errors
+//!
+//! sled I/O errors become [`StorageError::Io`], except "no space" / "quota exceeded", which
+//! become [`StorageError::Full`]. sled 0.34 remembers the first I/O error of its log writer
+//! and fails every later write with it, so after `Full` the store must be reopened (drop it
+//! and call [`SledStore::open`] again) once space is back; what was flushed before is intact.
+
+use crate::codec;
+use crate::store::{check_client_id, QueueEntry, Recovered, RecoveredSession, SCHEMA_VERSION};
+use crate::{Op, StorageError, StorageResult, Store, StoredMessage};
+use sled::transaction::{TransactionError, Transactional};
+use sled::Tree;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Keys in the `meta` tree.
+const SCHEMA_KEY: &[u8] = b"schema_version";
+const NEXT_ID_KEY: &[u8] = b"next_message_id";
+
+/// The trees, in the order of `TREE_NAMES`.
+#[derive(Clone, Copy, Debug)]
+enum T {
+    Meta = 0,
+    Retained,
+    Messages,
+    Refcounts,
+    Sessions,
+    Queues,
+    Inflight,
+    Incoming,
+}
+
+const TREE_NAMES: [&str; 8] = [
+    "meta",
+    "retained",
+    "messages",
+    "refcounts",
+    "sessions",
+    "queues",
+    "inflight",
+    "incoming",
+];
+
+/// Pending writes of one tree: `None` removes the key.
+type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Tuning for [`SledStore::open_with`].
+#[derive(Debug, Clone)]
+pub struct SledOptions {
+    /// sled's page cache, in bytes. sled's own default is 1 GiB, far above the broker's
+    /// memory budget; queues are read back in pages on demand, so a small cache costs only
+    /// some re-reads.
+    pub cache_capacity: u64,
+    /// sled's background flush interval. `None` (the default): the broker decides when data
+    /// becomes durable (group commit in `strict`, its own timer in `batched`), so the loss
+    /// window it documents is the real one and fsyncs are not doubled.
+    pub flush_every_ms: Option<u64>,
+    /// sled's `Mode::HighThroughput` instead of `Mode::LowSpace`.
+    pub high_throughput: bool,
+}
+
+impl Default for SledOptions {
+    fn default() -> Self {
+        SledOptions {
+            cache_capacity: 64 * 1024 * 1024,
+            flush_every_ms: None,
+            high_throughput: false,
+        }
+    }
+}
+
+pub struct SledStore {
+    db: sled::Db,
+    /// Indexed by `T`.
+    trees: Vec<Tree>,
+    /// Serialises `apply`: the overlay reads the trees outside the transaction, which is
+    /// only sound if no other batch commits in between.
+    apply_lock: Mutex<()>,
+    path: PathBuf,
+    /// Last size sled reported, returned if asking again fails.
+    last_size: AtomicU64,
+}
+
+fn is_full(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    // ENOSPC = 28, EDQUOT = 122 on Linux. sled clones stored errors keeping only the kind,
+    // so the kind is checked too.
+    matches!(
+        error.kind(),
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded
+    ) || matches!(error.raw_os_error(), Some(28) | Some(122))
+}
+
+fn sled_error(context: &str, error: sled::Error) -> StorageError {
+    match error {
+        sled::Error::Io(io) if is_full(&io) => StorageError::Full,
+        sled::Error::Io(io) => StorageError::Io(format!("{context}: {io}")),
+        sled::Error::Corruption { at, .. } => {
+            StorageError::Corrupt(format!("{context}: sled found corruption at {at:?}"))
+        }
+        other => StorageError::Io(format!("{context}: {other}")),
+    }
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the database at `dir/db` with the default options.
+    pub fn open(dir: &Path) -> StorageResult<SledStore> {
+        Self::open_with(dir, &SledOptions::default())
+    }
+
+    pub fn open_with(dir: &Path, options: &SledOptions) -> StorageResult<SledStore> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            if is_full(&e) {
+                StorageError::Full
+            } else {
+                StorageError::Io(format!("creating {}: {e}", dir.display()))
+            }
+        })?;
+        let path = dir.join("db");
+        let context = format!("opening {}", path.display());
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(options.cache_capacity)
+            .flush_every_ms(options.flush_every_ms)
+            .mode(if options.high_throughput {
+                sled::Mode::HighThroughput
+            } else {
+                sled::Mode::LowSpace
+            })
+            .open()
+            .map_err(|e| sled_error(&context, e))?;
+        let trees = TREE_NAMES
+            .iter()
+            .map(|name| db.open_tree(name))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| sled_error(&context, e))?;
+        let store = SledStore {
+            db,
+            trees,
+            apply_lock: Mutex::new(()),
+            path,
+            last_size: AtomicU64::new(0),
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    /// Writes the schema version into a new database, refuses any other version.
+    fn check_schema(&self) -> StorageResult<()> {
+        let context = format!("reading the schema version of {}", self.path.display());
+        let meta = self.tree(T::Meta);
+        match meta.get(SCHEMA_KEY).map_err(|e| sled_error(&context, e))? {
+            Some(v) => {
+                let version = codec::decode_u64(&v, "schema version")?;
+                if version != SCHEMA_VERSION {
+                    return Err(StorageError::Corrupt(format!(
+                        "{} has schema version {version}, but this build reads only version \
+                         {SCHEMA_VERSION}; refusing to open it (use a matching build, or move \
+                         the data directory away to start empty)",
+                        self.path.display()
+                    )));
+                }
+            }
+            None => {
+                if let Some(tree) = self.trees.iter().find(|t| !t.is_empty()) {
+                    return Err(StorageError::Corrupt(format!(
+                        "{} holds data (tree {:?}) but no schema version; refusing to open it",
+                        self.path.display(),
+                        String::from_utf8_lossy(&tree.name())
+                    )));
+                }
+                meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(|e| sled_error(&context, e))?;
+                self.db.flush().map_err(|e| sled_error(&context, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn tree(&self, t: T) -> &Tree {
+        &self.trees[t as usize]
+    }
+
+    /// Where the database lives (`dir/db`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The stored message `id`, which an entry at `what` names.
+    fn message(&self, id: u64, what: &dyn std::fmt::Display) -> StorageResult<StoredMessage> {
+        let value = self
+            .tree(T::Messages)
+            .get(id.to_be_bytes())
+            .map_err(|e| sled_error("reading a message", e))?
+            .ok_or_else(|| {
+                StorageError::Corrupt(format!("{what} names message {id}, which is not stored"))
+            })?;
+        codec::decode_message(&value)
+    }
+
+    fn commit(&self, writes: Vec<Writes>) -> StorageResult<()> {
+        let batches: Vec<(usize, sled::Batch)> = writes
+            .into_iter()
+            .enumerate()
+            .filter(|(_, w)| !w.is_empty())
+            .map(|(i, w)| {
+                let mut batch = sled::Batch::default();
+                for (key, value) in w {
+                    match value {
+                        Some(value) => batch.insert(key, value),
+                        None => batch.remove(key),
+                    }
+                }
+                (i, batch)
+            })
+            .collect();
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let result: Result<(), TransactionError<()>> = self.trees.as_slice().transaction(|views| {
+            for (i, batch) in &batches {
+                views[*i].apply_batch(batch)?;
+            }
+            Ok(())
+        });
+        result.map_err(|e| match e {
+            TransactionError::Storage(e) => sled_error("committing a batch", e),
+            TransactionError::Abort(()) => StorageError::Io("batch transaction aborted".into()),
+        })
+    }
+
+    fn count_queue(&self, prefix: &[u8]) -> StorageResult<(Option<(u64, u64)>, u64)> {
+        let mut bounds = None;
+        let mut len = 0u64;
+        // Keys only: a queued message is never decoded (nor its message read) here.
+        for key in self.tree(T::Queues).scan_prefix(prefix).keys() {
+            let key = key.map_err(|e| sled_error("scanning a queue", e))?;
+            let sequence = codec::queue_key_sequence(&key, prefix.len())?;
+            bounds = match bounds {
+                None => Some((sequence, sequence)),
+                Some((first, _)) => Some((first, sequence)),
+            };
+            len += 1;
+        }
+        Ok((bounds, len))
+    }
+
+    fn recover_session(&self, key: &[u8], value: &[u8]) -> StorageResult<RecoveredSession> {
+        let session = codec::decode_session(value)?;
+        if session.client_id.as_bytes() != key {
+            return Err(StorageError::Corrupt(format!(
+                "session stored under {:?} is for client {:?}",
+                String::from_utf8_lossy(key),
+                session.client_id
+            )));
+        }
+        let prefix = codec::session_prefix(&session.client_id);
+        let (queue, queue_len) = self.count_queue(&prefix)?;
+        let mut inflight = Vec::new();
+        for kv in self.tree(T::Inflight).scan_prefix(&prefix) {
+            let (key, value) = kv.map_err(|e| sled_error("scanning in-flight entries", e))?;
+            let packet_id = codec::packet_key_id(&key, prefix.len())?;
+            let entry = codec::decode_inflight(&value)?;
+            let what = format!("in-flight entry {}/{packet_id}", session.client_id);
+            let message = self.message(entry.message_id, &what)?;
+            inflight.push((packet_id, entry, message));
+        }
+        let mut incoming = Vec::new();
+        for key in self.tree(T::Incoming).scan_prefix(&prefix).keys() {
+            let key = key.map_err(|e| sled_error("scanning incoming ids", e))?;
+            incoming.push(codec::packet_key_id(&key, prefix.len())?);
+        }
+        Ok(RecoveredSession {
+            session,
+            queue,
+            queue_len,
+            inflight,
+            incoming,
+        })
+    }
+
+    fn next_message_id(&self) -> StorageResult<u64> {
+        let counter = match self
+            .tree(T::Meta)
+            .get(NEXT_ID_KEY)
+            .map_err(|e| sled_error("reading the message id counter", e))?
+        {
+            Some(v) => codec::decode_u64(&v, "message id counter")?,
+            None => 0,
+        };
+        let above_stored = match self
+            .tree(T::Messages)
+            .last()
+            .map_err(|e| sled_error("reading the last message id", e))?
+        {
+            Some((key, _)) => codec::decode_u64(&key, "message key")?.saturating_add(1),
+            None => 0,
+        };
+        Ok(counter.max(above_stored).max(1))
+    }
+}
+
+/// A batch being evaluated: pending writes per tree over what sled holds.
+struct Overlay<'a> {
+    store: &'a SledStore,
+    writes: Vec<Writes>,
+    /// Reference counts read or changed by this batch: (stored before, current).
+    counts: BTreeMap<u64, (Option<u64>, u64)>,
+    /// Highest `id + 1` put by this batch.
+    next_id: u64,
+}
+
+impl<'a> Overlay<'a> {
+    fn new(store: &'a SledStore) -> Overlay<'a> {
+        Overlay {
+            store,
+            writes: vec![BTreeMap::new(); TREE_NAMES.len()],
+            counts: BTreeMap::new(),
+            next_id: 0,
+        }
+    }
+
+    fn get(&self, t: T, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
+        if let Some(pending) = self.writes[t as usize].get(key) {
+            return Ok(pending.clone());
+        }
+        let value = self
+            .store
+            .tree(t)
+            .get(key)
+            .map_err(|e| sled_error("reading during a batch", e))?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
+    fn put(&mut self, t: T, key: Vec<u8>, value: Vec<u8>) {
+        self.writes[t as usize].insert(key, Some(value));
+    }
+
+    fn remove(&mut self, t: T, key: Vec<u8>) {
+        self.writes[t as usize].insert(key, None);
+    }
+
+    /// Every (key, value) under `prefix` as the batch sees it so far.
+    fn scan(&self, t: T, prefix: &[u8]) -> StorageResult<BTreeMap<Vec<u8>, Vec<u8>>> {
+        let mut merged = BTreeMap::new();
+        for kv in self.store.tree(t).scan_prefix(prefix) {
+            let (key, value) = kv.map_err(|e| sled_error("scanning during a batch", e))?;
+            merged.insert(key.to_vec(), value.to_vec());
+        }
+        let pending = self.writes[t as usize]
+            .range(prefix.to_vec()..)
+            .take_while(|(key, _)| key.starts_with(prefix));
+        for (key, value) in pending {
+            match value {
+                Some(value) => merged.insert(key.clone(), value.clone()),
+                None => merged.remove(key),
+            };
+        }
+        Ok(merged)
+    }
+
+    /// The current count of message `id`, or `None` if it is not stored.
+    fn count(&mut self, id: u64) -> StorageResult<Option<u64>> {
+        if let Some(&(_, current)) = self.counts.get(&id) {
+            return Ok(Some(current));
+        }
+        let stored = self
+            .store
+            .tree(T::Refcounts)
+            .get(id.to_be_bytes())
+            .map_err(|e| sled_error("reading a reference count", e))?;
+        match stored {
+            None => Ok(None),
+            Some(v) => {
+                let n = codec::decode_u64(&v, "reference count")?;
+                self.counts.insert(id, (Some(n), n));
+                Ok(Some(n))
+            }
+        }
+    }
+
+    /// Adds one reference to a message `count` found stored.
+    fn add_ref(&mut self, id: u64) -> StorageResult<()> {
+        if let Some(n) = self.count(id)? {
+            self.counts.entry(id).or_insert((Some(n), n)).1 = n.saturating_add(1);
+        }
+        Ok(())
+    }
+
+    /// Drops one reference. A missing message (an entry that outlived its message, which
+    /// only damage can cause) is ignored, so that removing the entry still works.
+    fn drop_ref(&mut self, id: u64) -> StorageResult<()> {
+        if let Some(n) = self.count(id)? {
+            self.counts.entry(id).or_insert((Some(n), n)).1 = n.saturating_sub(1);
+        }
+        Ok(())
+    }
+
+    /// Puts a queue or in-flight entry, moving the reference from any entry it replaces.
+    fn put_entry(
+        &mut self,
+        t: T,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        message_id: u64,
+        what: &dyn std::fmt::Display,
+    ) -> StorageResult<()> {
+        if self.count(message_id)?.is_none() {
+            return Err(StorageError::Invalid(format!(
+                "{what} names message {message_id}, which is neither stored nor put earlier \
+                 in the batch"
+            )));
+        }
+        if let Some(old) = self.get(t, &key)? {
+            self.drop_ref(entry_message_id(t, &old)?)?;
+        }
+        self.put(t, key, value);
+        self.add_ref(message_id)
+    }
+
+    fn remove_entry(&mut self, t: T, key: Vec<u8>) -> StorageResult<()> {
+        if let Some(old) = self.get(t, &key)? {
+            self.drop_ref(entry_message_id(t, &old)?)?;
+            self.remove(t, key);
+        }
+        Ok(())
+    }
+
+    fn op(&mut self, op: &Op) -> StorageResult<()> {
+        match op {
+            Op::PutRetained(message) => {
+                let value = codec::encode_message(message);
+                self.put(T::Retained, message.topic.as_bytes().to_vec(), value);
+            }
+            Op::RemoveRetained { topic } => self.remove(T::Retained, topic.as_bytes().to_vec()),
+            Op::PutSession(session) => {
+                check_client_id(&session.client_id)?;
+                let value = codec::encode_session(session);
+                self.put(T::Sessions, session.client_id.as_bytes().to_vec(), value);
+            }
+            Op::RemoveSession { client_id } => {
+                check_client_id(client_id)?;
+                self.remove(T::Sessions, client_id.as_bytes().to_vec());
+                let prefix = codec::session_prefix(client_id);
+                for t in [T::Queues, T::Inflight] {
+                    for (key, value) in self.scan(t, &prefix)? {
+                        self.drop_ref(entry_message_id(t, &value)?)?;
+                        self.remove(t, key);
+                    }
+                }
+                for key in self.scan(T::Incoming, &prefix)?.into_keys() {
+                    self.remove(T::Incoming, key);
+                }
+            }
+            Op::PutMessage { id, message } => {
+                self.put(
+                    T::Messages,
+                    id.to_be_bytes().to_vec(),
+                    codec::encode_message(message),
+                );
+                if self.count(*id)?.is_none() {
+                    self.counts.insert(*id, (None, 0));
+                }
+                self.next_id = self.next_id.max(id.saturating_add(1));
+            }
+            Op::Enqueue {
+                client_id,
+                sequence,
+                entry,
+            } => {
+                check_client_id(client_id)?;
+                let what = format!("Enqueue {client_id}/{sequence}");
+                let key = codec::queue_key(client_id, *sequence);
+                let value = codec::encode_queue_entry(entry);
+                self.put_entry(T::Queues, key, value, entry.message_id, &what)?;
+            }
+            Op::Dequeue {
+                client_id,
+                sequence,
+            } => {
+                check_client_id(client_id)?;
+                self.remove_entry(T::Queues, codec::queue_key(client_id, *sequence))?;
+            }
+            Op::PutInflight {
+                client_id,
+                packet_id,
+                entry,
+            } => {
+                check_client_id(client_id)?;
+                let what = format!("PutInflight {client_id}/{packet_id}");
+                let key = codec::packet_key(client_id, *packet_id);
+                let value = codec::encode_inflight(entry);
+                self.put_entry(T::Inflight, key, value, entry.message_id, &what)?;
+            }
+            Op::RemoveInflight {
+                client_id,
+                packet_id,
+            } => {
+                check_client_id(client_id)?;
+                self.remove_entry(T::Inflight, codec::packet_key(client_id, *packet_id))?;
+            }
+            Op::PutIncoming {
+                client_id,
+                packet_id,
+            } => {
+                check_client_id(client_id)?;
+                self.put(
+                    T::Incoming,
+                    codec::packet_key(client_id, *packet_id),
+                    Vec::new(),
+                );
+            }
+            Op::RemoveIncoming {
+                client_id,
+                packet_id,
+            } => {
+                check_client_id(client_id)?;
+                self.remove(T::Incoming, codec::packet_key(client_id, *packet_id));
+            }
+        }
+        Ok(())
+    }
+
+    /// End of batch: write changed counts, delete unreferenced messages, raise the id
+    /// high-water mark.
+    fn finish(mut self) -> StorageResult<Vec<Writes>> {
+        for (id, (stored, current)) in std::mem::take(&mut self.counts) {
+            let key = id.to_be_bytes().to_vec();
+            if current == 0 {
+                self.remove(T::Messages, key.clone());
+                self.remove(T::Refcounts, key);
+            } else if stored != Some(current) {
+                self.put(T::Refcounts, key, current.to_be_bytes().to_vec());
+            }
+        }
+        if self.next_id > 0 {
+            let stored = match self.get(T::Meta, NEXT_ID_KEY)? {
+                Some(v) => codec::decode_u64(&v, "message id counter")?,
+                None => 0,
+            };
+            if self.next_id > stored {
+                let value = self.next_id.to_be_bytes().to_vec();
+                self.put(T::Meta, NEXT_ID_KEY.to_vec(), value);
+            }
+        }
+        Ok(self.writes)
+    }
+}
+
+fn entry_message_id(t: T, value: &[u8]) -> StorageResult<u64> {
+    Ok(match t {
+        T::Queues => codec::decode_queue_entry(value)?.message_id,
+        _ => codec::decode_inflight(value)?.message_id,
+    })
+}
+
+impl Store for SledStore {
+    fn apply(&self, batch: Vec<Op>) -> StorageResult<()> {
+        let _serial = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut overlay = Overlay::new(self);
+        for op in &batch {
+            overlay.op(op)?;
+        }
+        let writes = overlay.finish()?;
+        self.commit(writes)
+    }
+
+    fn flush(&self) -> StorageResult<()> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| sled_error("flushing", e))
+    }
+
+    fn recover(&self) -> StorageResult<Recovered> {
+        let mut retained = Vec::new();
+        for value in self.tree(T::Retained).iter().values() {
+            let value = value.map_err(|e| sled_error("reading retained messages", e))?;
+            retained.push(codec::decode_message(&value)?);
+        }
+        let mut sessions = Vec::new();
+        for kv in self.tree(T::Sessions).iter() {
+            let (key, value) = kv.map_err(|e| sled_error("reading sessions", e))?;
+            sessions.push(self.recover_session(&key, &value)?);
+        }
+        Ok(Recovered {
+            retained,
+            sessions,
+            next_message_id: self.next_message_id()?,
+        })
+    }
+
+    fn queue_range(
+        &self,
+        client_id: &str,
+        from: u64,
+        limit: usize,
+    ) -> StorageResult<Vec<(u64, QueueEntry, StoredMessage)>> {
+        check_client_id(client_id)?;
+        let prefix_len = client_id.len() + 1;
+        let start = codec::queue_key(client_id, from);
+        let end = codec::queue_key(client_id, u64::MAX);
+        let mut out = Vec::new();
+        for kv in self.tree(T::Queues).range(start..=end).take(limit) {
+            let (key, value) = kv.map_err(|e| sled_error("reading a queue", e))?;
+            let sequence = codec::queue_key_sequence(&key, prefix_len)?;
+            let entry = codec::decode_queue_entry(&value)?;
+            let what = format!("queue entry {client_id}/{sequence}");
+            let message = self.message(entry.message_id, &what)?;
+            out.push((sequence, entry, message));
+        }
+        Ok(out)
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        match self.db.size_on_disk() {
+            Ok(size) => {
+                self.last_size.store(size, Ordering::Relaxed);
+                size
+            }
+            Err(_) => self.last_size.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::InflightEntry;
+    use bytes::Bytes;
+
+    fn message(id: u64) -> StoredMessage {
+        StoredMessage {
+            topic: format!("t/{id}"),
+            payload: Bytes::from(vec![id as u8; 8]),
+            qos: 1,
+            properties: Bytes::new(),
+            publisher: "p".into(),
+            received_at_ms: id,
+            expiry_interval: None,
+        }
+    }
+
+    fn entry(message_id: u64) -> QueueEntry {
+        QueueEntry {
+            message_id,
+            qos: 1,
+            retain: false,
+            subscription_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn refcounts_share_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let enqueue = |c: &str, s: u64, id: u64| Op::Enqueue {
+            client_id: c.into(),
+            sequence: s,
+            entry: entry(id),
+        };
+        store
+            .apply(vec![
+                Op::PutMessage {
+                    id: 1,
+                    message: message(1),
+                },
+                Op::PutMessage {
+                    id: 2,
+                    message: message(2),
+                },
+                enqueue("a", 0, 1),
+                enqueue("b", 0, 1),
+            ])
+            .unwrap();
+        // Message 2 was never referenced: gone at the end of its batch.
+        assert!(store
+            .tree(T::Messages)
+            .get(2u64.to_be_bytes())
+            .unwrap()
+            .is_none());
+        assert_eq!(store.queue_range("b", 0, 10).unwrap()[0].2, message(1));
+        // Dequeue then PutInflight in one batch: the message survives the move.
+        store
+            .apply(vec![
+                Op::Dequeue {
+                    client_id: "a".into(),
+                    sequence: 0,
+                },
+                Op::PutInflight {
+                    client_id: "a".into(),
+                    packet_id: 1,
+                    entry: InflightEntry {
+                        message_id: 1,
+                        qos: 1,
+                        retain: false,
+                        subscription_ids: vec![],
+                        released: false,
+                        sequence: 0,
+                    },
+                },
+                Op::RemoveSession {
+                    client_id: "b".into(),
+                },
+            ])
+            .unwrap();
+        let refs = store
+            .tree(T::Refcounts)
+            .get(1u64.to_be_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(codec::decode_u64(&refs, "count").unwrap(), 1);
+        store
+            .apply(vec![Op::RemoveInflight {
+                client_id: "a".into(),
+                packet_id: 1,
+            }])
+            .unwrap();
+        assert!(store.tree(T::Messages).is_empty());
+        assert!(store.tree(T::Refcounts).is_empty());
+        assert_eq!(store.recover().unwrap().next_message_id, 3);
+    }
+
+    #[test]
+    fn invalid_batch_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let err = store
+            .apply(vec![
+                Op::PutMessage {
+                    id: 1,
+                    message: message(1),
+                },
+                Op::Enqueue {
+                    client_id: "a".into(),
+                    sequence: 0,
+                    entry: entry(1),
+                },
+                Op::Enqueue {
+                    client_id: "a".into(),
+                    sequence: 1,
+                    entry: entry(9),
+                },
+            ])
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Invalid(_)), "{err}");
+        let err = store
+            .apply(vec![Op::PutIncoming {
+                client_id: "a\0b".into(),
+                packet_id: 1,
+            }])
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Invalid(_)), "{err}");
+        assert!(store.queue_range("a", 0, 10).unwrap().is_empty());
+        assert_eq!(
+            store.recover().unwrap(),
+            Recovered {
+                next_message_id: 1,
+                ..Default::default()
+            }
+        );
+    }
+}
