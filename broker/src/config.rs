@@ -86,6 +86,9 @@ pub enum Durability {
 pub struct StorageConfig {
     pub data_dir: PathBuf,
     pub durability: Durability,
+    /// With `batched`: the longest time an acknowledged message may wait for its fsync
+    /// (the loss window after a crash).
+    pub flush_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -142,6 +145,7 @@ impl Default for StorageConfig {
         StorageConfig {
             data_dir: PathBuf::from("./rookery-data"),
             durability: Durability::Strict,
+            flush_interval_ms: 100,
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod acl;
 pub mod codec;
 pub mod config;
+pub mod durable;
 pub mod message;
 pub mod router;
 pub mod server;

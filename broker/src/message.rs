@@ -51,6 +51,44 @@ impl Message {
         }
     }
 
+    /// The storage record of this message.
+    pub fn to_stored(&self) -> rookery_storage::StoredMessage {
+        let now_ms = unix_millis();
+        rookery_storage::StoredMessage {
+            topic: self.topic.to_string(),
+            payload: self.payload.clone(),
+            qos: self.qos as u8,
+            properties: encode_properties(&self.properties),
+            publisher: self.publisher.to_string(),
+            received_at_ms: now_ms.saturating_sub(self.received_at.elapsed().as_millis() as u64),
+            expiry_interval: self.properties.message_expiry_interval,
+        }
+    }
+
+    /// Rebuilds a message from storage; `None` if the record does not decode. The time
+    /// it already spent waiting counts against its expiry.
+    pub fn from_stored(stored: rookery_storage::StoredMessage) -> Option<Message> {
+        let properties = decode_properties(&stored.properties)?;
+        let waited =
+            std::time::Duration::from_millis(unix_millis().saturating_sub(stored.received_at_ms));
+        let now = Instant::now();
+        let received_at = now.checked_sub(waited).unwrap_or(now);
+        let expires_at = stored
+            .expiry_interval
+            .map(|secs| received_at + std::time::Duration::from_secs(u64::from(secs)));
+        Some(Message {
+            topic: MqttStr::from(stored.topic),
+            payload: stored.payload,
+            qos: QoS::from_u8(stored.qos)?,
+            retain: true,
+            properties,
+            publisher: Arc::from(stored.publisher),
+            received_at,
+            expires_at,
+            encoded: Default::default(),
+        })
+    }
+
     /// Gives the message memory of its own: its topic, payload and properties stop being
     /// slices of the publisher's read buffer. Done once per message (not per subscriber)
     /// when it is retained or has to wait in a queue, so that waiting messages keep only
@@ -163,4 +201,11 @@ pub fn decode_properties(stored: &Bytes) -> Option<Properties> {
         Ok(Some(codec::Packet::Publish(publish))) => Some(publish.properties),
         _ => None,
     }
+}
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

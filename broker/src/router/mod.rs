@@ -11,14 +11,28 @@ pub mod trie;
 use crate::acl::{Access, Acl, Identity};
 use crate::codec::topic::parse_shared;
 use crate::codec::{QoS, SubscriptionOptions};
+use crate::durable::Durable;
 use crate::message::Message;
 use crate::session::{Delivery, SessionCore, SessionState};
 use crate::stats::Stats;
 use retained::Retained;
+use rookery_storage::Op;
 use std::sync::{Arc, RwLock};
 use trie::{Subscriber, Trie};
 
+/// What routing one message did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    /// Deliveries queued.
+    pub queued: usize,
+    /// The commit that stores what routing wrote (retained message), if anything.
+    pub ticket: Option<crate::durable::Ticket>,
+}
+
 pub struct Router {
+    /// Where QoS >= 1 deliveries to persistent sessions are stored; `None` without
+    /// durability.
+    durable: Option<Arc<Durable>>,
     trie: RwLock<Trie>,
     pub retained: Retained,
     acl: RwLock<Option<Arc<Acl>>>,
@@ -26,8 +40,14 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(retained: Retained, acl: Option<Acl>, stats: Arc<Stats>) -> Router {
+    pub fn new(
+        retained: Retained,
+        acl: Option<Acl>,
+        durable: Option<Arc<Durable>>,
+        stats: Arc<Stats>,
+    ) -> Router {
         Router {
+            durable,
             trie: RwLock::new(Trie::new()),
             retained,
             acl: RwLock::new(acl.map(Arc::new)),
@@ -40,8 +60,8 @@ impl Router {
     }
 
     /// Routes one message: stores or clears it as retained, then queues one delivery per
-    /// matching session. Returns how many deliveries were queued.
-    pub fn publish(&self, mut message: Message) -> usize {
+    /// matching session.
+    pub fn publish(&self, mut message: Message) -> Routed {
         let acl = self.acl();
         // Deliveries are queued under the read lock: no subscriber is cloned, and queueing
         // never waits (outbox pushes take only the outbox's own short lock).
@@ -52,17 +72,19 @@ impl Router {
             message.detach_from_read_buffer();
         }
         let message = Arc::new(message);
+        let mut routed = Routed::default();
         if message.retain {
-            self.retained.set(&message);
+            routed.ticket = self.retained.set(&message);
         }
         if matches.is_empty() {
-            return 0;
+            return routed;
         }
         // Overlapping subscriptions of one session give one delivery, with the highest
         // QoS and every matching subscription identifier [MQTT-3.3.4-2] [MQTT-3.3.4-3].
         // Shared subscriptions are separate: each group gets its own copy.
         matches.sort_by_key(|s| (s.session.id, s.shared));
-        let mut queued = 0;
+        let mut message_id = None;
+        let mut store_message = None;
         let mut index = 0;
         while index < matches.len() {
             let first = &matches[index];
@@ -77,13 +99,36 @@ impl Router {
             }
             let group = &matches[index..end];
             if let Some(delivery) = merge_delivery(&message, group, acl.as_deref(), &self.stats) {
-                if first.session.outbox.push(delivery).is_ok() {
-                    queued += 1;
+                let outbox = &first.session.outbox;
+                let durable = self
+                    .durable
+                    .as_ref()
+                    .filter(|_| delivery.qos != QoS::AtMostOnce && outbox.is_persistent());
+                let result = match durable {
+                    Some(durable) => {
+                        // Stored once, whatever the number of persistent subscribers.
+                        let id = *message_id.get_or_insert_with(|| {
+                            let id = durable.allocate_message_id();
+                            store_message = Some(Op::PutMessage {
+                                id,
+                                message: message.to_stored(),
+                            });
+                            id
+                        });
+                        outbox
+                            .push_stored(delivery, id, &mut store_message, durable)
+                            .map(Some)
+                    }
+                    None => outbox.push(delivery).map(|()| None),
+                };
+                if let Ok(ticket) = result {
+                    routed.queued += 1;
+                    routed.ticket = routed.ticket.max(ticket);
                 }
             }
             index = end;
         }
-        queued
+        routed
     }
 
     /// Adds or replaces a subscription; returns whether one existed for this filter.
@@ -177,5 +222,6 @@ fn merge_delivery(
         qos: qos?,
         retain,
         subscription_ids,
+        seq: None,
     })
 }

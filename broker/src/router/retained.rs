@@ -1,51 +1,71 @@
-//! Retained messages: an in-memory index for matching, written through to the
-//! `RetainedStore` so that the storage backend decides what survives a restart.
+//! Retained messages: an in-memory index for matching, written through to the store (when
+//! durability is on) so that they survive a restart.
 
 use crate::codec::topic::filter_matches;
+use crate::durable::{Durable, Ticket};
 use crate::message::Message;
 use crate::stats::Stats;
-use rookery_storage::{RetainedStore, StoredMessage};
+use rookery_storage::Op;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 pub struct Retained {
     index: RwLock<HashMap<Arc<str>, Arc<Message>>>,
-    store: Arc<dyn RetainedStore>,
+    durable: Option<Arc<Durable>>,
     stats: Arc<Stats>,
 }
 
 impl Retained {
-    pub fn new(store: Arc<dyn RetainedStore>, stats: Arc<Stats>) -> Retained {
+    pub fn new(durable: Option<Arc<Durable>>, stats: Arc<Stats>) -> Retained {
         Retained {
             index: RwLock::new(HashMap::new()),
-            store,
+            durable,
             stats,
         }
     }
 
+    /// Loads retained messages recovered from storage (at start-up).
+    pub fn restore(&self, messages: impl IntoIterator<Item = Message>) {
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        for message in messages {
+            index.insert(Arc::from(message.topic.as_str()), Arc::new(message));
+        }
+        self.stats
+            .retained
+            .store(index.len() as u64, Ordering::Relaxed);
+    }
+
     /// Keeps `message` as its topic's retained message, or clears it when the payload is
-    /// empty [MQTT-3.3.1-6] [MQTT-3.3.1-7].
-    pub fn set(&self, message: &Arc<Message>) {
+    /// empty [MQTT-3.3.1-6] [MQTT-3.3.1-7]. Returns the ticket of the commit that stores
+    /// the change, when durability is on.
+    pub fn set(&self, message: &Arc<Message>) -> Option<Ticket> {
         let topic: Arc<str> = Arc::from(message.topic.as_str());
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-        let result = if message.payload.is_empty() {
+        let op = if message.payload.is_empty() {
             index.remove(&topic);
-            self.store.remove(&topic)
+            Op::RemoveRetained {
+                topic: topic.to_string(),
+            }
         } else {
             index.insert(topic, message.clone());
-            self.store.put(stored(message))
+            Op::PutRetained(message.to_stored())
         };
         self.stats
             .retained
             .store(index.len() as u64, Ordering::Relaxed);
-        if let Err(error) = result {
-            tracing::error!(%error, topic = %message.topic, "retained message not stored");
+        // `$SYS` values are rewritten every few seconds and mean nothing after a restart:
+        // they are not stored.
+        if topic_is_sys(&message.topic) {
+            return None;
         }
+        // Submitted under the index lock, so the store sees changes of one topic in the
+        // order the index did.
+        self.durable.as_ref().map(|durable| durable.submit([op]))
     }
 
-    /// Retained messages whose topic matches `filter`, oldest expiry excluded.
+    /// Retained messages whose topic matches `filter`, expired ones excluded.
     pub fn matching(&self, filter: &str) -> Vec<Arc<Message>> {
         let now = Instant::now();
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
@@ -67,19 +87,6 @@ impl Retained {
     }
 }
 
-fn stored(message: &Message) -> StoredMessage {
-    let received_at_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-        .saturating_sub(message.received_at.elapsed().as_millis() as u64);
-    StoredMessage {
-        topic: message.topic.to_string(),
-        payload: message.payload.clone(),
-        qos: message.qos as u8,
-        properties: crate::message::encode_properties(&message.properties),
-        publisher: message.publisher.to_string(),
-        received_at_ms,
-        expiry_interval: message.properties.message_expiry_interval,
-    }
+fn topic_is_sys(topic: &str) -> bool {
+    topic.starts_with("$SYS/")
 }

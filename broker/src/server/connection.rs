@@ -5,17 +5,19 @@
 
 use super::Broker;
 use crate::codec::{self, reason, Disconnect, LastWill, MqttStr, Packet, ProtocolVersion};
+use crate::durable::{Committed, Ticket};
 use crate::session::{Detached, SessionCore, SessionState, TakeOver};
 use crate::stats::Stats;
 use bytes::BytesMut;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// Stop moving deliveries into the write buffer past this many bytes: the rest waits in
 /// the outbox, where the queue limits apply, until the socket takes what is buffered.
@@ -66,6 +68,12 @@ pub(super) struct Connection {
     /// Fires once if a new connection takes the session over; `None` once it has.
     pub kick: Option<oneshot::Receiver<TakeOver>>,
     pub ending: Option<End>,
+    /// Acknowledgements waiting for the commit that makes their message durable, in the
+    /// order their PUBLISH packets arrived [MQTT-4.6.0-2]. Ticket 0: no wait, but queued
+    /// behind the others to keep the order.
+    pub pending_acks: VecDeque<(Ticket, Packet)>,
+    /// Commit progress, when durability is on.
+    pub commits: Option<watch::Receiver<Committed>>,
 }
 
 /// Counts the connection for its whole life, including the handshake.
@@ -109,6 +117,66 @@ impl Connection {
     pub fn send(&mut self, packet: &Packet) {
         if let Err(error) = codec::encode_packet(packet, self.version, &mut self.wbuf) {
             tracing::error!(%error, client_id = %self.client_id, "packet not encodable");
+        }
+    }
+
+    /// Whether acknowledgements of stored messages wait for the commit (`strict`).
+    pub fn durable_acks(&self) -> bool {
+        self.broker.durable.as_ref().is_some_and(|d| d.acks_wait())
+    }
+
+    /// Sends an acknowledgement now, or once `ticket` is durable (and after every
+    /// acknowledgement already waiting).
+    pub fn acknowledge(&mut self, packet: Packet, ticket: Option<Ticket>) {
+        if ticket.is_none() && self.pending_acks.is_empty() {
+            self.send(&packet);
+            return;
+        }
+        self.pending_acks.push_back((ticket.unwrap_or(0), packet));
+        self.release_acks();
+    }
+
+    /// Sends the waiting acknowledgements whose commits finished. A failed commit turns
+    /// its acknowledgement into a refusal: v5 0x97 (quota exceeded: the disk is full) or
+    /// 0x80; a 3.1.1 client, which has no way to hear a refusal, is disconnected so that
+    /// it resends after reconnecting.
+    fn release_acks(&mut self) {
+        let Some(committed) = self.commits.as_ref().map(|c| *c.borrow()) else {
+            while let Some((_, packet)) = self.pending_acks.pop_front() {
+                self.send(&packet);
+            }
+            return;
+        };
+        while let Some((ticket, _)) = self.pending_acks.front() {
+            let outcome = if *ticket == 0 {
+                Some(Ok(()))
+            } else {
+                committed.outcome(*ticket)
+            };
+            let Some(outcome) = outcome else {
+                break;
+            };
+            let Some((_, mut packet)) = self.pending_acks.pop_front() else {
+                break;
+            };
+            if let Err(full) = outcome {
+                if !self.version.is_v5() {
+                    self.end(End::Lost);
+                    return;
+                }
+                let code = if full {
+                    reason::QUOTA_EXCEEDED
+                } else {
+                    reason::UNSPECIFIED_ERROR
+                };
+                if let Packet::PubAck(ack) | Packet::PubRec(ack) = &mut packet {
+                    ack.reason_code = code;
+                }
+                if let Packet::PubRec(rec) = &packet {
+                    self.state.incoming_qos2.remove(&rec.packet_id);
+                }
+            }
+            self.send(&packet);
         }
     }
 
@@ -187,6 +255,9 @@ impl Connection {
                     }
                 }
                 _ = self.core.outbox.ready.notified(), if self.wbuf.len() < WRITE_HIGH_WATER => {}
+                _ = wait_for_commit(&mut self.commits), if !self.pending_acks.is_empty() => {
+                    self.release_acks();
+                }
                 _ = &mut keep_alive_timer, if !self.keep_alive.is_zero() => {
                     // [MQTT-3.1.2-24] one and a half times the keep-alive without a packet.
                     let deadline = last_read + keep_alive_limit;
@@ -273,14 +344,19 @@ impl Connection {
         } else {
             Duration::from_secs(u64::from(self.state.expiry_interval))
         };
-        let state = std::mem::take(&mut self.state);
+        let mut state = std::mem::take(&mut self.state);
+        if !expiry.is_zero() {
+            // Parked: the record carries when the client left, for expiry after a restart.
+            self.broker
+                .persist_session(&self.client_id, &mut state, true);
+        }
         match self
             .broker
             .registry
             .detach(&self.client_id, self.id, state, expiry)
         {
             Detached::Parked => {}
-            Detached::Removed(core, state) => self.broker.router.remove_session(&core, &state),
+            Detached::Removed(core, state) => self.broker.end_session(&core, &state),
             Detached::NotOwner(state) => {
                 if let Some(Ok(take_over)) = self.kick.as_mut().map(|kick| kick.try_recv()) {
                     let _ = take_over.reply.send(state);
@@ -336,4 +412,15 @@ async fn linger(reader: &OwnedReadHalf) {
         }
     };
     let _ = tokio::time::timeout(LINGER, discard).await;
+}
+
+async fn wait_for_commit(commits: &mut Option<watch::Receiver<Committed>>) {
+    match commits {
+        Some(receiver) => {
+            if receiver.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }

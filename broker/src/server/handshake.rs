@@ -5,7 +5,7 @@ use super::connection::Connection;
 use super::Broker;
 use crate::acl::{Access, Identity};
 use crate::codec::{self, reason, ConnAck, Connect, MqttStr, Packet, Properties, ProtocolVersion};
-use crate::session::{Attached, OutboxLimits, SessionState};
+use crate::session::{Attached, SessionState};
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -185,12 +185,7 @@ async fn admit(
         _ => config.max_session_expiry_secs,
     };
 
-    let limits = OutboxLimits {
-        max_messages: config.max_queued_messages.max(1),
-        max_bytes: config.max_queued_bytes.max(1),
-        policy: config.overflow_policy,
-        queue_qos0_offline: config.queue_qos0_offline,
-    };
+    let limits = broker.outbox_limits();
     let connection_id = broker.next_connection_id();
     let (kick_tx, kick_rx) = oneshot::channel();
     let (core, mut state, present) = match broker.registry.attach(
@@ -208,7 +203,7 @@ async fn admit(
         } => {
             if let Some(discarded) = discarded {
                 let (old_core, old_state) = *discarded;
-                broker.router.remove_session(&old_core, &old_state);
+                broker.end_session(&old_core, &old_state);
             }
             (core, state, present)
         }
@@ -224,7 +219,7 @@ async fn admit(
             // A session that was to end with its connection (clean session, or v5 expiry
             // 0) is not resumed by whoever takes it over [MQTT-3.1.2-6].
             if clean_start || handed.expiry_interval == 0 {
-                broker.router.remove_session(&core, &handed);
+                broker.end_session(&core, &handed);
                 let fresh = broker.registry.new_core(client_id.clone(), limits);
                 broker.registry.replace_core(&client_id, fresh.clone());
                 (fresh, SessionState::default(), false)
@@ -234,6 +229,18 @@ async fn admit(
         }
     };
     state.expiry_interval = session_expiry;
+    broker.persist_session(&client_id, &mut state, false);
+    if state.persisted {
+        // From now on its QoS >= 1 deliveries are stored (a resumed session keeps its
+        // stored queue).
+        core.outbox
+            .enable_disk(crate::session::outbox::DiskQueue::new(
+                client_id.to_string(),
+                1,
+                0,
+                0,
+            ));
+    }
     core.outbox.set_limits(limits);
     core.outbox.set_online(true);
 
@@ -280,6 +287,8 @@ async fn admit(
         wbuf: BytesMut::new(),
         kick: Some(kick_rx),
         ending: None,
+        pending_acks: Default::default(),
+        commits: broker.durable.as_ref().map(|d| d.subscribe_commits()),
     };
     connection.send(&connack);
     Ok(connection)

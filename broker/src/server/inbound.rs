@@ -116,20 +116,22 @@ impl Connection {
         let packet_id = publish.packet_id;
         tracing::trace!(client_id = %self.client_id, topic = %publish.topic, "routing PUBLISH");
         let message = Message::new(publish, self.client_id.clone());
-        let queued = self.broker.router.publish(message);
-        tracing::trace!(client_id = %self.client_id, queued, "routed PUBLISH");
+        let routed = self.broker.router.publish(message);
+        tracing::trace!(client_id = %self.client_id, queued = routed.queued, "routed PUBLISH");
+        // A QoS 1/2 message that had to be stored is acknowledged once it is durable.
+        let ticket = routed.ticket.filter(|_| self.durable_acks());
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(&Packet::PubAck(PubResponse::new(
-                packet_id,
-                reason::SUCCESS,
-            ))),
+            QoS::AtLeastOnce => self.acknowledge(
+                Packet::PubAck(PubResponse::new(packet_id, reason::SUCCESS)),
+                ticket,
+            ),
             QoS::ExactlyOnce => {
                 self.state.incoming_qos2.insert(packet_id);
-                self.send(&Packet::PubRec(PubResponse::new(
-                    packet_id,
-                    reason::SUCCESS,
-                )));
+                self.acknowledge(
+                    Packet::PubRec(PubResponse::new(packet_id, reason::SUCCESS)),
+                    ticket,
+                );
             }
         }
     }
@@ -166,32 +168,51 @@ impl Connection {
     }
 
     fn on_puback(&mut self, ack: PubResponse) {
-        if let Some(inflight) = self.state.inflight.get(&ack.packet_id) {
-            if inflight.delivery.qos == QoS::AtLeastOnce {
-                self.state.inflight.remove(&ack.packet_id);
+        let acknowledged = self
+            .state
+            .inflight
+            .get(&ack.packet_id)
+            .is_some_and(|f| f.delivery.qos == QoS::AtLeastOnce);
+        if acknowledged {
+            if let Some(inflight) = self.state.inflight.remove(&ack.packet_id) {
+                self.stored_delivery_done(inflight.delivery.seq);
             }
         }
     }
 
     fn on_pubrec(&mut self, rec: PubResponse) {
-        let known = match self.state.inflight.get_mut(&rec.packet_id) {
-            Some(inflight) if inflight.delivery.qos == QoS::ExactlyOnce => {
-                if rec.reason_code >= 0x80 {
-                    // The client refused the message: the exchange ends here [MQTT-4.3.3-4].
-                    self.state.inflight.remove(&rec.packet_id);
-                    return;
-                }
-                inflight.released = true;
-                true
+        let Some(inflight) = self
+            .state
+            .inflight
+            .get_mut(&rec.packet_id)
+            .filter(|f| f.delivery.qos == QoS::ExactlyOnce)
+        else {
+            let pubrel = PubResponse::new(rec.packet_id, reason::PACKET_IDENTIFIER_NOT_FOUND);
+            self.send(&Packet::PubRel(pubrel));
+            return;
+        };
+        if rec.reason_code >= 0x80 {
+            // The client refused the message: the exchange ends here [MQTT-4.3.3-4].
+            if let Some(inflight) = self.state.inflight.remove(&rec.packet_id) {
+                self.stored_delivery_done(inflight.delivery.seq);
             }
-            _ => false,
-        };
-        let code = if known {
-            reason::SUCCESS
+            return;
+        }
+        let first_pubrec = !inflight.released;
+        inflight.released = true;
+        let seq = inflight.delivery.seq.take();
+        // The client has the message: its stored entry goes, and PUBREL follows only once
+        // that is durable, so that after a crash the message is not sent again as new.
+        let ticket = if first_pubrec {
+            self.stored_delivery_done(seq)
         } else {
-            reason::PACKET_IDENTIFIER_NOT_FOUND
+            None
         };
-        self.send(&Packet::PubRel(PubResponse::new(rec.packet_id, code)));
+        let ticket = ticket.filter(|_| self.durable_acks());
+        self.acknowledge(
+            Packet::PubRel(PubResponse::new(rec.packet_id, reason::SUCCESS)),
+            ticket,
+        );
     }
 
     fn on_pubrel(&mut self, rel: PubResponse) {
@@ -200,7 +221,7 @@ impl Connection {
         } else {
             reason::PACKET_IDENTIFIER_NOT_FOUND
         };
-        self.send(&Packet::PubComp(PubResponse::new(rel.packet_id, code)));
+        self.acknowledge(Packet::PubComp(PubResponse::new(rel.packet_id, code)), None);
     }
 
     fn on_pubcomp(&mut self, comp: PubResponse) {
@@ -233,6 +254,8 @@ impl Connection {
                 }
             }
         }
+        self.broker
+            .persist_session(&self.client_id, &mut self.state, false);
         self.send(&Packet::SubAck(SubAck {
             packet_id: subscribe.packet_id,
             reason_codes,
@@ -315,6 +338,7 @@ impl Connection {
                     retain: true,
                     subscription_ids: subscription_id.into_iter().collect(),
                     message,
+                    seq: None,
                 });
             }
         }
@@ -335,6 +359,8 @@ impl Connection {
                 }
             })
             .collect();
+        self.broker
+            .persist_session(&self.client_id, &mut self.state, false);
         self.send(&Packet::UnsubAck(UnsubAck {
             packet_id: unsubscribe.packet_id,
             reason_codes,

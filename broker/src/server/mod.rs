@@ -12,11 +12,14 @@ mod will;
 
 use crate::acl::Acl;
 use crate::config::Config;
+use crate::config::Durability;
+use crate::durable::Durable;
+use crate::message::Message;
 use crate::router::retained::Retained;
 use crate::router::Router;
-use crate::session::Registry;
+use crate::session::{OutboxLimits, Registry, SessionCore, SessionState};
 use crate::stats::Stats;
-use rookery_storage::MemoryRetainedStore;
+use rookery_storage::{Recovered, Store};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,6 +31,8 @@ use tokio::task::JoinHandle;
 /// What every connection task shares.
 pub struct Broker {
     pub config: Config,
+    /// The store and its commit worker; `None` with `durability = "none"`.
+    pub durable: Option<Arc<Durable>>,
     pub router: Router,
     pub registry: Registry,
     pub stats: Arc<Stats>,
@@ -38,6 +43,34 @@ pub struct Broker {
 impl Broker {
     fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Writes a persistent session's record (no-op without durability or for sessions
+    /// that end with their connection).
+    pub fn persist_session(&self, client_id: &str, state: &mut SessionState, disconnected: bool) {
+        if let (Some(durable), true) = (&self.durable, state.expiry_interval > 0) {
+            durable.save_session(client_id, state, disconnected);
+            state.persisted = true;
+        }
+    }
+
+    /// A session ended: its subscriptions leave the router and its record the store.
+    pub fn end_session(&self, core: &SessionCore, state: &SessionState) {
+        self.router.remove_session(core, state);
+        if let (Some(durable), true) = (&self.durable, state.persisted) {
+            durable.remove_session(&core.client_id);
+        }
+    }
+
+    /// The queue limits every session gets.
+    pub fn outbox_limits(&self) -> OutboxLimits {
+        let config = &self.config.mqtt;
+        OutboxLimits {
+            max_messages: config.max_queued_messages.max(1),
+            max_bytes: config.max_queued_bytes.max(1),
+            policy: config.overflow_policy,
+            queue_qos0_offline: config.queue_qos0_offline,
+        }
     }
 }
 
@@ -50,6 +83,11 @@ pub enum StartError {
     },
     #[error(transparent)]
     Acl(#[from] crate::acl::AclError),
+    #[error("cannot open storage in {dir}: {source}")]
+    Storage {
+        dir: std::path::PathBuf,
+        source: rookery_storage::StorageError,
+    },
 }
 
 /// A running broker. Dropping it does not stop the broker; call `shutdown`.
@@ -58,6 +96,8 @@ pub struct BrokerHandle {
     broker: Arc<Broker>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The commit worker, stopped only after the final commit.
+    commit_task: Option<JoinHandle<()>>,
 }
 
 impl BrokerHandle {
@@ -81,6 +121,16 @@ impl BrokerHandle {
         while Stats::get(&self.broker.stats.connections_current) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if let Some(durable) = &self.broker.durable {
+            // Everything submitted reaches the disk, including what `batched` had not
+            // flushed yet.
+            if let Err(error) = durable.drain().await {
+                tracing::error!(%error, "final flush failed");
+            }
+        }
+        if let Some(task) = &self.commit_task {
+            task.abort();
+        }
     }
 }
 
@@ -91,8 +141,15 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
         Some(path) => Some(Acl::load(path)?),
         None => None,
     };
-    let retained = Retained::new(Arc::new(MemoryRetainedStore::new()), stats.clone());
-    let router = Router::new(retained, acl, stats.clone());
+    let (durable, recovered) = open_storage(&config)?;
+    let retained = Retained::new(durable.clone(), stats.clone());
+    retained.restore(
+        recovered
+            .retained
+            .into_iter()
+            .filter_map(Message::from_stored),
+    );
+    let router = Router::new(retained, acl, durable.clone(), stats.clone());
     let registry = Registry::new(stats.clone());
     let listener = TcpListener::bind(config.mqtt.listen)
         .await
@@ -107,23 +164,30 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let broker = Arc::new(Broker {
         config,
+        durable: durable.clone(),
         router,
         registry,
         stats,
         next_connection_id: AtomicU64::new(1),
         shutdown: shutdown_rx,
     });
+    restore_sessions(&broker, recovered.sessions);
     tracing::info!(%mqtt_addr, "MQTT listener ready");
     let tasks = vec![
         tokio::spawn(accept_loop(listener, broker.clone())),
         tokio::spawn(expire_sessions(broker.clone())),
         tokio::spawn(crate::sys::publish_periodically(broker.clone())),
     ];
+    let commit_task = durable.as_ref().map(|durable| {
+        let interval = Duration::from_millis(broker.config.storage.flush_interval_ms.max(1));
+        tokio::spawn(durable.clone().run(interval))
+    });
     Ok(BrokerHandle {
         mqtt_addr,
         broker,
         shutdown: shutdown_tx,
         tasks,
+        commit_task,
     })
 }
 
@@ -159,7 +223,75 @@ async fn expire_sessions(broker: Arc<Broker>) {
         tick.tick().await;
         for (core, state) in broker.registry.expire(Instant::now()) {
             tracing::debug!(client_id = %core.client_id, "session expired");
-            broker.router.remove_session(&core, &state);
+            broker.end_session(&core, &state);
+        }
+    }
+}
+
+/// Opens the store in the data directory and reads back what survived, unless
+/// durability is off.
+fn open_storage(config: &Config) -> Result<(Option<Arc<Durable>>, Recovered), StartError> {
+    if config.storage.durability == Durability::None {
+        return Ok((None, Recovered::default()));
+    }
+    let dir = config.storage.data_dir.clone();
+    let storage_error = |source| StartError::Storage {
+        dir: dir.clone(),
+        source,
+    };
+    let started = Instant::now();
+    let store = rookery_storage::SledStore::open(&dir).map_err(storage_error)?;
+    let recovered = store.recover().map_err(storage_error)?;
+    tracing::info!(
+        dir = %dir.display(),
+        retained = recovered.retained.len(),
+        sessions = recovered.sessions.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "storage recovered"
+    );
+    let durable = Durable::new(
+        Arc::new(store),
+        config.storage.durability,
+        recovered.next_message_id,
+    );
+    Ok((Some(durable), recovered))
+}
+
+/// Puts recovered sessions back: offline, with their subscriptions in the router.
+fn restore_sessions(broker: &Broker, sessions: Vec<rookery_storage::RecoveredSession>) {
+    use crate::durable::sessions::{remaining_expiry, restore_subscriptions};
+    for recovered in sessions {
+        let stored = &recovered.session;
+        let mut state = SessionState {
+            expiry_interval: stored.expiry_interval,
+            persisted: true,
+            ..Default::default()
+        };
+        state.subscriptions.extend(restore_subscriptions(stored));
+        let client_id: Arc<str> = Arc::from(stored.client_id.as_str());
+        let subscriptions: Vec<_> = state
+            .subscriptions
+            .iter()
+            .map(|(filter, sub)| (filter.clone(), sub.clone()))
+            .collect();
+        let core = broker.registry.restore(
+            client_id,
+            state,
+            remaining_expiry(stored),
+            broker.outbox_limits(),
+        );
+        let (first, last) = recovered.queue.unwrap_or((1, 0));
+        core.outbox
+            .enable_disk(crate::session::outbox::DiskQueue::new(
+                stored.client_id.clone(),
+                last + 1,
+                first.saturating_sub(1),
+                recovered.queue_len,
+            ));
+        for (filter, sub) in subscriptions {
+            broker
+                .router
+                .subscribe(&core, None, &filter, sub.options, sub.subscription_id);
         }
     }
 }

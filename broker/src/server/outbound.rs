@@ -21,6 +21,9 @@ impl Connection {
         let mut batch = Vec::new();
         self.core.outbox.drain_into(&mut batch, FILL_BATCH, window);
         if batch.is_empty() {
+            batch = self.load_from_store(window.min(FILL_BATCH));
+        }
+        if batch.is_empty() {
             return;
         }
         if self.wbuf.capacity() == 0 {
@@ -32,16 +35,73 @@ impl Connection {
             if delivery.message.is_expired(now) {
                 // [MQTT-3.3.2-5] an expired message is not delivered.
                 Stats::add(&self.broker.stats.dropped_expired, 1);
+                self.stored_delivery_done(delivery.seq);
                 continue;
             }
+            let seq = delivery.seq;
             if self.write_new_delivery(delivery) {
                 sent += 1;
+            } else {
+                self.stored_delivery_done(seq);
             }
         }
         if sent > 0 {
             Stats::add(&self.broker.stats.publish_sent, sent);
             Stats::add(&self.broker.stats.messages_sent, sent);
         }
+    }
+
+    /// Reads the next stored entries of a persistent session back, once its in-memory
+    /// queue is empty. The store read is a short, bounded range scan (at most one batch),
+    /// done in place rather than on a blocking thread.
+    fn load_from_store(&mut self, limit: usize) -> Vec<Delivery> {
+        let Some(durable) = self.broker.durable.clone() else {
+            return Vec::new();
+        };
+        if limit == 0 {
+            return Vec::new();
+        }
+        let Some((from, client_id)) = self.core.outbox.unloaded_from() else {
+            return Vec::new();
+        };
+        let entries = match durable.store().queue_range(&client_id, from, limit) {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::error!(%error, %client_id, "cannot read the stored queue");
+                return Vec::new();
+            }
+        };
+        let mut loaded = Vec::with_capacity(entries.len());
+        for (seq, entry, stored) in entries {
+            self.core.outbox.mark_loaded(seq);
+            let Some(message) = crate::message::Message::from_stored(stored) else {
+                tracing::error!(%client_id, seq, "stored message does not decode: dropped");
+                self.stored_delivery_done(Some(seq));
+                continue;
+            };
+            loaded.push(Delivery {
+                message: std::sync::Arc::new(message),
+                qos: QoS::from_u8(entry.qos).unwrap_or(QoS::AtLeastOnce),
+                retain: entry.retain,
+                subscription_ids: entry.subscription_ids,
+                seq: Some(seq),
+            });
+        }
+        loaded
+    }
+
+    /// The client is done with a stored delivery (acknowledged, or it will never be
+    /// sent): its entry leaves the store. Returns the ticket of that removal.
+    pub(super) fn stored_delivery_done(
+        &mut self,
+        seq: Option<u64>,
+    ) -> Option<crate::durable::Ticket> {
+        let (seq, durable) = (seq?, self.broker.durable.as_ref()?);
+        self.core.outbox.stored_done(seq);
+        Some(durable.submit([rookery_storage::Op::Dequeue {
+            client_id: self.client_id.to_string(),
+            sequence: seq,
+        }]))
     }
 
     /// Writes a delivery, allocating a packet id and recording it in flight for QoS > 0.

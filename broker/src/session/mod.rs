@@ -48,6 +48,8 @@ pub struct SessionState {
     pub next_sequence: u64,
     /// Session Expiry Interval in seconds; u32::MAX = never.
     pub expiry_interval: u32,
+    /// Whether the store holds a record of this session (so its end must remove it).
+    pub persisted: bool,
 }
 
 impl SessionState {

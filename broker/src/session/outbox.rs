@@ -26,6 +26,9 @@ pub struct Delivery {
     pub qos: QoS,
     pub retain: bool,
     pub subscription_ids: Vec<u32>,
+    /// Position in the session's stored queue, for deliveries to persistent sessions:
+    /// removed from the store once the client acknowledged it.
+    pub seq: Option<u64>,
 }
 
 impl Delivery {
@@ -47,6 +50,63 @@ struct Queue {
     deliveries: VecDeque<Delivery>,
     bytes: usize,
     qos0_queued: usize,
+    /// For persistent sessions: the part of the queue kept in the store.
+    disk: Option<DiskQueue>,
+}
+
+/// The stored queue of a persistent session. Every QoS >= 1 delivery to it is written to
+/// the store; the in-memory queue holds a window of it while the client is connected.
+/// Sequences below `loaded_through` are in memory, in flight or acknowledged; the rest is
+/// read back from the store when the connection has room.
+#[derive(Debug, Clone, Default)]
+pub struct DiskQueue {
+    pub client_id: String,
+    pub next_seq: u64,
+    pub loaded_through: u64,
+    /// Entries recovered from the store at start-up and not yet acknowledged. Their sizes
+    /// are not known without reading them, so the byte limit counts only entries queued
+    /// since the start.
+    pub recovered: u64,
+    /// Sequence and size of every entry queued since the start and not yet acknowledged,
+    /// in sequence order: 16 bytes per queued message, so a million queued messages cost
+    /// 16 MB of memory, not a million messages.
+    index: VecDeque<(u64, u32)>,
+    bytes: usize,
+}
+
+impl DiskQueue {
+    pub fn new(client_id: String, next_seq: u64, loaded_through: u64, recovered: u64) -> DiskQueue {
+        DiskQueue {
+            client_id,
+            next_seq,
+            loaded_through,
+            recovered,
+            ..Default::default()
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.index.len() as u64 + self.recovered
+    }
+
+    fn remove(&mut self, seq: u64) {
+        match self.index.binary_search_by_key(&seq, |(s, _)| *s) {
+            Ok(position) => {
+                if let Some((_, weight)) = self.index.remove(position) {
+                    self.bytes -= weight as usize;
+                }
+            }
+            Err(_) => self.recovered = self.recovered.saturating_sub(1),
+        }
+    }
+
+    /// The oldest entry not yet read back into memory, which `drop_oldest` may evict.
+    fn oldest_unloaded(&self) -> Option<u64> {
+        self.index
+            .iter()
+            .map(|(seq, _)| *seq)
+            .find(|seq| *seq > self.loaded_through)
+    }
 }
 
 /// Why a delivery was not queued.
@@ -65,6 +125,8 @@ pub struct Outbox {
     online: AtomicBool,
     /// Deliveries queued, mirrored outside the lock for the router's backlog check.
     queued: AtomicUsize,
+    /// Whether QoS >= 1 deliveries go to the store (a persistent session).
+    persistent: AtomicBool,
     stats: Arc<Stats>,
 }
 
@@ -76,10 +138,12 @@ impl Outbox {
                 deliveries: VecDeque::new(),
                 bytes: 0,
                 qos0_queued: 0,
+                disk: None,
             }),
             ready: Notify::new(),
             online: AtomicBool::new(true),
             queued: AtomicUsize::new(0),
+            persistent: AtomicBool::new(false),
             stats,
         }
     }
@@ -99,6 +163,152 @@ impl Outbox {
 
     pub fn set_online(&self, online: bool) {
         self.online.store(online, Ordering::Relaxed);
+        if online {
+            return;
+        }
+        // Going offline: deliveries that are also in the store leave memory; they are read
+        // back from the store when the client returns.
+        let mut queue = self.lock();
+        let Some(first_stored) = queue.deliveries.iter().find_map(|d| d.seq) else {
+            return;
+        };
+        let mut kept = VecDeque::new();
+        for delivery in std::mem::take(&mut queue.deliveries) {
+            if delivery.seq.is_some() {
+                queue.bytes -= delivery.weight();
+            } else {
+                kept.push_back(delivery);
+            }
+        }
+        queue.deliveries = kept;
+        if let Some(disk) = queue.disk.as_mut() {
+            disk.loaded_through = disk.loaded_through.min(first_stored - 1);
+        }
+        self.queued.store(queue.deliveries.len(), Ordering::Relaxed);
+    }
+
+    /// Makes this a persistent session's queue (idempotent: an existing stored queue is
+    /// kept).
+    pub fn enable_disk(&self, disk: DiskQueue) {
+        let mut queue = self.lock();
+        if queue.disk.is_none() {
+            queue.disk = Some(disk);
+            self.persistent.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub fn is_persistent(&self) -> bool {
+        self.persistent.load(Ordering::Relaxed)
+    }
+
+    /// Queues a QoS >= 1 delivery of a persistent session: written to the store, and to
+    /// memory as well when the client is connected and the memory window continues
+    /// without a gap. Returns the ticket of the commit that stores it.
+    /// `store_message` is the operation that stores the message itself, for the first
+    /// persistent subscriber: it goes into the same submission as the entry, so that
+    /// the two are always in one batch (a message is never stored without a reference).
+    pub fn push_stored(
+        &self,
+        mut delivery: Delivery,
+        message_id: u64,
+        store_message: &mut Option<rookery_storage::Op>,
+        durable: &crate::durable::Durable,
+    ) -> Result<crate::durable::Ticket, Drop> {
+        let mut queue = self.lock();
+        let limits = queue.limits;
+        let online = self.online();
+        let in_memory_room = queue.deliveries.len() < limits.max_messages
+            && queue.bytes + delivery.weight() <= limits.max_bytes;
+        let online = online && in_memory_room;
+        let Some(disk) = queue.disk.as_mut() else {
+            return Err(Drop::Offline);
+        };
+        let weight = delivery.weight();
+        let mut evicted = Vec::new();
+        while disk.len() >= limits.max_messages as u64
+            || (disk.bytes + weight > limits.max_bytes && !disk.index.is_empty())
+        {
+            let oldest = match limits.policy {
+                OverflowPolicy::DropOldest => disk.oldest_unloaded(),
+                OverflowPolicy::DropNew => None,
+            };
+            let Some(oldest) = oldest else {
+                drop(queue);
+                self.count_drop(delivery.qos);
+                return Err(Drop::QueueFull);
+            };
+            disk.remove(oldest);
+            evicted.push(rookery_storage::Op::Dequeue {
+                client_id: disk.client_id.clone(),
+                sequence: oldest,
+            });
+            self.count_drop(QoS::AtLeastOnce);
+        }
+        let seq = disk.next_seq;
+        disk.next_seq += 1;
+        disk.index.push_back((seq, weight as u32));
+        disk.bytes += weight;
+        // Submitted under the queue lock, so the store sees this session's entries in
+        // sequence order.
+        let enqueue = rookery_storage::Op::Enqueue {
+            client_id: disk.client_id.clone(),
+            sequence: seq,
+            entry: rookery_storage::QueueEntry {
+                message_id,
+                qos: delivery.qos as u8,
+                retain: delivery.retain,
+                subscription_ids: delivery.subscription_ids.clone(),
+            },
+        };
+        let ticket = durable.submit(
+            evicted
+                .into_iter()
+                .chain(store_message.take())
+                .chain([enqueue]),
+        );
+        delivery.seq = Some(seq);
+        let contiguous = disk.loaded_through + 1 == seq;
+        if online && contiguous && in_memory_room {
+            disk.loaded_through = seq;
+            let was_empty = queue.deliveries.is_empty();
+            queue.bytes += delivery.weight();
+            queue.deliveries.push_back(delivery);
+            self.queued.store(queue.deliveries.len(), Ordering::Relaxed);
+            drop(queue);
+            if was_empty {
+                self.ready.notify_one();
+            }
+        } else {
+            drop(queue);
+            if online {
+                // The connection reads it back from the store when it has room.
+                self.ready.notify_one();
+            }
+        }
+        Ok(ticket)
+    }
+
+    /// For a persistent session with stored entries not yet in memory: the sequence to
+    /// read from, and the store's client id.
+    pub fn unloaded_from(&self) -> Option<(u64, String)> {
+        let queue = self.lock();
+        let disk = queue.disk.as_ref()?;
+        (disk.loaded_through + 1 < disk.next_seq && queue.deliveries.is_empty())
+            .then(|| (disk.loaded_through + 1, disk.client_id.clone()))
+    }
+
+    /// Records that stored entries up to `seq` were read back into the connection.
+    pub fn mark_loaded(&self, seq: u64) {
+        if let Some(disk) = self.lock().disk.as_mut() {
+            disk.loaded_through = disk.loaded_through.max(seq);
+        }
+    }
+
+    /// A stored delivery was acknowledged and its entry removed from the store.
+    pub fn stored_done(&self, seq: u64) {
+        if let Some(disk) = self.lock().disk.as_mut() {
+            disk.remove(seq);
+        }
     }
 
     /// Whether a message queued here is likely to wait: the client is offline or already

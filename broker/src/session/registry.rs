@@ -156,6 +156,30 @@ impl Registry {
         }
     }
 
+    /// Puts back a session recovered from storage, offline, expiring after `expires_in`
+    /// (`None`: never).
+    pub fn restore(
+        &self,
+        client_id: Arc<str>,
+        state: SessionState,
+        expires_in: Option<Duration>,
+        limits: OutboxLimits,
+    ) -> Arc<SessionCore> {
+        let core = self.new_core(client_id.clone(), limits);
+        core.outbox.set_online(false);
+        let entry = Entry {
+            core: core.clone(),
+            parked: Some(state),
+            owner: None,
+            expires_at: expires_in.and_then(|d| Instant::now().checked_add(d)),
+            last_connection_id: 0,
+        };
+        if self.lock().insert(client_id, entry).is_none() {
+            Stats::add(&self.stats.sessions, 1);
+        }
+        core
+    }
+
     /// Takes the parked state of a session whose previous connection did not answer a
     /// take-over (it had already ended).
     pub fn take_parked(&self, client_id: &str) -> Option<SessionState> {

@@ -1,0 +1,201 @@
+//! Durability: group commit of storage operations.
+//!
+//! Connections and the router submit `Op`s and get a [`Ticket`]: the number of the commit
+//! that will contain them. One commit worker takes every operation that arrived while the
+//! previous commit ran, applies them as one atomic batch and — with `strict` durability —
+//! flushes once, so one fsync serves all of them. Acknowledgements that promise
+//! durability (PUBACK / PUBREC of a stored message) wait for their ticket; nothing else
+//! does. With `batched` durability tickets complete when the batch is applied and a
+//! timer flushes every `flush_interval_ms`; with `none` there is no store at all.
+
+pub mod sessions;
+
+use crate::config::Durability;
+use rookery_storage::{Op, StorageError, Store};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// The commit that will contain the operations submitted with it.
+pub type Ticket = u64;
+
+/// What the commit worker has finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Committed {
+    /// Every ticket up to this one is finished.
+    pub through: Ticket,
+    /// The most recent commits that failed (0 = none), with whether the disk was full;
+    /// their tickets are refused. A waiter is at most a few commits behind, so a short
+    /// history is enough.
+    pub recent_failures: [(Ticket, bool); 16],
+}
+
+impl Committed {
+    /// `Some(Ok)` once `ticket` is durable, `Some(Err(full))` if its commit failed.
+    pub fn outcome(&self, ticket: Ticket) -> Option<Result<(), bool>> {
+        if ticket > self.through {
+            return None;
+        }
+        match self
+            .recent_failures
+            .iter()
+            .find(|(failed, _)| *failed == ticket)
+        {
+            Some((_, full)) => Some(Err(*full)),
+            None => Some(Ok(())),
+        }
+    }
+}
+
+struct Pending {
+    ops: Vec<Op>,
+    /// The ticket of the batch being gathered.
+    ticket: Ticket,
+}
+
+pub struct Durable {
+    store: Arc<dyn Store>,
+    mode: Durability,
+    pending: Mutex<Pending>,
+    wake: Notify,
+    committed: watch::Sender<Committed>,
+    next_message_id: AtomicU64,
+    /// Held for each commit, so that commits never overlap (their order is the order of
+    /// the operations) — also the final one at shutdown.
+    commit_gate: tokio::sync::Mutex<()>,
+}
+
+impl Durable {
+    pub fn new(store: Arc<dyn Store>, mode: Durability, next_message_id: u64) -> Arc<Durable> {
+        let (committed, _) = watch::channel(Committed::default());
+        Arc::new(Durable {
+            store,
+            mode,
+            pending: Mutex::new(Pending {
+                ops: Vec::new(),
+                ticket: 1,
+            }),
+            wake: Notify::new(),
+            committed,
+            next_message_id: AtomicU64::new(next_message_id.max(1)),
+            commit_gate: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Ids for stored messages, allocated in one place.
+    pub fn allocate_message_id(&self) -> u64 {
+        self.next_message_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues operations for the next commit and returns its ticket. Never blocks on I/O.
+    pub fn submit(&self, ops: impl IntoIterator<Item = Op>) -> Ticket {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let before = pending.ops.len();
+        pending.ops.extend(ops);
+        let ticket = pending.ticket;
+        let added = pending.ops.len() > before;
+        drop(pending);
+        if added {
+            self.wake.notify_one();
+        }
+        ticket
+    }
+
+    /// Whether acknowledgements must wait for their ticket.
+    pub fn acks_wait(&self) -> bool {
+        self.mode == Durability::Strict
+    }
+
+    pub fn subscribe_commits(&self) -> watch::Receiver<Committed> {
+        self.committed.subscribe()
+    }
+
+    pub fn committed(&self) -> Committed {
+        *self.committed.borrow()
+    }
+
+    /// The commit worker: runs for the broker's lifetime.
+    pub async fn run(self: Arc<Self>, flush_interval: Duration) {
+        if self.mode == Durability::Batched {
+            tokio::spawn(self.clone().flush_periodically(flush_interval));
+        }
+        loop {
+            self.wake.notified().await;
+            self.commit_pending(self.mode == Durability::Strict).await;
+        }
+    }
+
+    /// Applies (and, if `flush`, fsyncs) everything submitted so far as one batch.
+    async fn commit_pending(&self, flush: bool) {
+        let _gate = self.commit_gate.lock().await;
+        let (ops, ticket) = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let ticket = pending.ticket;
+            pending.ticket += 1;
+            (std::mem::take(&mut pending.ops), ticket)
+        };
+        if ops.is_empty() {
+            self.finish(ticket, Ok(()));
+            return;
+        }
+        let store = self.store.clone();
+        let count = ops.len();
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
+            store.apply(ops)?;
+            if flush {
+                store.flush()?;
+            }
+            Ok::<(), StorageError>(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(StorageError::Io(format!("commit task failed: {e}"))));
+        tracing::trace!(
+            ticket,
+            count,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "commit"
+        );
+        self.finish(ticket, result);
+    }
+
+    /// At shutdown: commits and flushes whatever is still pending.
+    pub async fn drain(&self) -> Result<(), StorageError> {
+        self.commit_pending(true).await;
+        self.flush().await
+    }
+
+    /// Flushes everything applied so far (shutdown, and the `batched` timer).
+    pub async fn flush(&self) -> Result<(), StorageError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .unwrap_or_else(|e| Err(StorageError::Io(format!("flush task failed: {e}"))))
+    }
+
+    async fn flush_periodically(self: Arc<Self>, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            if let Err(error) = self.flush().await {
+                tracing::error!(%error, "periodic flush failed");
+            }
+        }
+    }
+
+    fn finish(&self, ticket: Ticket, result: Result<(), StorageError>) {
+        self.committed.send_modify(|committed| {
+            committed.through = ticket;
+            if let Err(error) = &result {
+                tracing::error!(%error, ticket, "commit failed: durable work refused");
+                let slot = (ticket as usize) % committed.recent_failures.len();
+                committed.recent_failures[slot] = (ticket, matches!(error, StorageError::Full));
+            }
+        });
+    }
+}
