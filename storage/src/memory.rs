@@ -103,6 +103,16 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Every stored message id with its reference count (as `SledStore::message_refcounts`).
+    pub fn message_refcounts(&self) -> BTreeMap<u64, u64> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .messages
+            .iter()
+            .map(|(id, (count, _))| (*id, *count))
+            .collect()
+    }
 }
 
 impl MemoryState {

@@ -207,6 +207,30 @@ impl SledStore {
         &self.path
     }
 
+    /// Every stored message id with its reference count — for tests and consistency checks
+    /// (a leaked message is invisible through [`Store`]). Fails with `Corrupt` if the
+    /// `messages` and `refcounts` trees disagree on which ids exist.
+    pub fn message_refcounts(&self) -> StorageResult<BTreeMap<u64, u64>> {
+        let mut counts = BTreeMap::new();
+        for kv in self.tree(T::Refcounts).iter() {
+            let (key, value) = kv.map_err(|e| sled_error("reading reference counts", e))?;
+            let id = codec::decode_u64(&key, "reference count key")?;
+            counts.insert(id, codec::decode_u64(&value, "reference count")?);
+        }
+        let mut ids = Vec::with_capacity(counts.len());
+        for key in self.tree(T::Messages).iter().keys() {
+            let key = key.map_err(|e| sled_error("reading message ids", e))?;
+            ids.push(codec::decode_u64(&key, "message key")?);
+        }
+        if !ids.iter().eq(counts.keys()) {
+            return Err(StorageError::Corrupt(format!(
+                "messages {ids:?} and reference counts {:?} disagree",
+                counts.keys().collect::<Vec<_>>()
+            )));
+        }
+        Ok(counts)
+    }
+
     /// The stored message `id`, which an entry at `what` names.
     fn message(&self, id: u64, what: &dyn std::fmt::Display) -> StorageResult<StoredMessage> {
         let value = self

@@ -1,0 +1,145 @@
+//! Property test: random batches applied to `SledStore`, `MemoryStore` and the naive model
+//! in `common` must agree after every batch — on whether the batch is refused, on
+//! `recover()`, and on `queue_range` — and the sled store must still agree after a
+//! flush, drop and reopen at the end.
+
+mod common;
+
+use common::{inflight_entry, message, queue_entry, session, Model};
+use proptest::prelude::*;
+use rookery_storage::{MemoryStore, Op, SledStore, StorageError, Store};
+
+/// A few client ids, including a prefix of another ("a" / "ab") to catch range scans that
+/// run past their session, and rarely one with a NUL (always refused).
+fn client() -> impl Strategy<Value = String> {
+    prop_oneof![
+        10 => Just("a".to_string()),
+        10 => Just("ab".to_string()),
+        10 => Just("b".to_string()),
+        1 => Just("a\0b".to_string()),
+    ]
+}
+
+fn id() -> impl Strategy<Value = u64> {
+    prop_oneof![8 => 1u64..6, 1 => Just(u64::MAX), 1 => Just(0u64)]
+}
+
+fn seq() -> impl Strategy<Value = u64> {
+    prop_oneof![8 => 0u64..6, 1 => Just(u64::MAX)]
+}
+
+fn pid() -> impl Strategy<Value = u16> {
+    prop_oneof![8 => 1u16..5, 1 => Just(u16::MAX)]
+}
+
+/// One or two ops: a plain op, or a `PutMessage` followed by an entry naming it (so that
+/// most batches are valid even though messages are deleted when unreferenced).
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    let stamp = any::<u16>().prop_map(u64::from);
+    prop_oneof![
+        3 => (id(), stamp.clone(), "[a-c]{0,3}").prop_map(|(id, stamp, topic)| vec![
+            Op::PutMessage { id, message: message(&topic, &stamp.to_be_bytes(), stamp) }
+        ]),
+        4 => (client(), seq(), id(), stamp.clone()).prop_map(|(client_id, sequence, id, stamp)| vec![
+            Op::PutMessage { id, message: message("m", &[1, 2, 3], stamp) },
+            Op::Enqueue { client_id, sequence, entry: queue_entry(id, stamp) },
+        ]),
+        3 => (client(), seq(), id(), stamp.clone()).prop_map(|(client_id, sequence, id, stamp)| vec![
+            Op::Enqueue { client_id, sequence, entry: queue_entry(id, stamp) }
+        ]),
+        3 => (client(), seq()).prop_map(|(client_id, sequence)| vec![
+            Op::Dequeue { client_id, sequence }
+        ]),
+        2 => (client(), pid(), id(), stamp.clone()).prop_map(|(client_id, packet_id, id, stamp)| vec![
+            Op::PutMessage { id, message: message("i", b"", stamp) },
+            Op::PutInflight { client_id, packet_id, entry: inflight_entry(id, stamp) },
+        ]),
+        2 => (client(), pid(), id(), stamp.clone()).prop_map(|(client_id, packet_id, id, stamp)| vec![
+            Op::PutInflight { client_id, packet_id, entry: inflight_entry(id, stamp) }
+        ]),
+        2 => (client(), pid()).prop_map(|(client_id, packet_id)| vec![
+            Op::RemoveInflight { client_id, packet_id }
+        ]),
+        1 => (client(), pid()).prop_map(|(client_id, packet_id)| vec![
+            Op::PutIncoming { client_id, packet_id }
+        ]),
+        1 => (client(), pid()).prop_map(|(client_id, packet_id)| vec![
+            Op::RemoveIncoming { client_id, packet_id }
+        ]),
+        2 => (client(), stamp.clone()).prop_map(|(c, stamp)| vec![Op::PutSession(session(&c, stamp))]),
+        1 => client().prop_map(|client_id| vec![Op::RemoveSession { client_id }]),
+        1 => ("[a-c]{0,2}", stamp).prop_map(|(topic, stamp)| vec![
+            Op::PutRetained(message(&topic, b"r", stamp))
+        ]),
+        1 => "[a-c]{0,2}".prop_map(|topic| vec![Op::RemoveRetained { topic }]),
+    ]
+}
+
+fn batch() -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(ops(), 0..8).prop_map(|v| v.into_iter().flatten().collect())
+}
+
+fn check(store: &dyn Store, model: &Model, name: &str) -> Result<(), TestCaseError> {
+    let recovered = store
+        .recover()
+        .map_err(|e| TestCaseError::fail(format!("{name}: {e}")))?;
+    prop_assert_eq!(&recovered, &model.recover(), "{} recover", name);
+    let mut clients = model.clients();
+    clients.push("zz".into());
+    for client in &clients {
+        for from in [0, 2, 5, u64::MAX] {
+            for limit in [0, 1, 3, 100] {
+                let got = store
+                    .queue_range(client, from, limit)
+                    .map_err(|e| TestCaseError::fail(format!("{name}: {e}")))?;
+                prop_assert_eq!(
+                    got,
+                    model.queue_range(client, from, limit),
+                    "{} queue_range({:?}, {}, {})",
+                    name,
+                    client,
+                    from,
+                    limit
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn stores_agree_with_the_model(batches in prop::collection::vec(batch(), 1..12)) {
+        let dir = tempfile::tempdir().unwrap();
+        let sled = SledStore::open(dir.path()).unwrap();
+        let memory = MemoryStore::new();
+        let mut model = Model::default();
+        for batch in batches {
+            let expected = model.apply(&batch);
+            for (name, store) in [("sled", &sled as &dyn Store), ("memory", &memory)] {
+                match (store.apply(batch.clone()), &expected) {
+                    (Ok(()), Ok(())) => {}
+                    (Err(StorageError::Invalid(_)), Err(_)) => {}
+                    (got, expected) => prop_assert!(
+                        false,
+                        "{}: apply gave {:?}, model {:?} for {:?}",
+                        name,
+                        got,
+                        expected,
+                        batch
+                    ),
+                }
+                check(store, &model, name)?;
+            }
+            prop_assert_eq!(sled.message_refcounts().unwrap(), model.refcounts(), "sled refcounts");
+            prop_assert_eq!(memory.message_refcounts(), model.refcounts(), "memory refcounts");
+        }
+        sled.flush().unwrap();
+        drop(sled);
+        let reopened = SledStore::open(dir.path()).unwrap();
+        check(&reopened, &model, "sled reopened")?;
+        prop_assert_eq!(reopened.message_refcounts().unwrap(), model.refcounts());
+    }
+}
