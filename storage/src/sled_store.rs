@@ -29,7 +29,7 @@ use crate::store::{check_client_id, QueueEntry, Recovered, RecoveredSession, SCH
 use crate::{Op, StorageError, StorageResult, Store, StoredMessage};
 use sled::transaction::{TransactionError, Transactional};
 use sled::Tree;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -94,9 +94,10 @@ pub struct SledStore {
     db: sled::Db,
     /// Indexed by `T`.
     trees: Vec<Tree>,
-    /// Serialises `apply`: the overlay reads the trees outside the transaction, which is
-    /// only sound if no other batch commits in between.
-    apply_lock: Mutex<()>,
+    /// Serialises `apply` (the overlay reads the trees outside the transaction, which is
+    /// only sound if no other batch commits in between) and holds the id high-water mark:
+    /// no message id >= it was ever put, so a `PutMessage` of such an id needs no lookup.
+    apply_lock: Mutex<u64>,
     path: PathBuf,
     /// Last size sled reported, returned if asking again fails.
     last_size: AtomicU64,
@@ -158,11 +159,12 @@ impl SledStore {
         let store = SledStore {
             db,
             trees,
-            apply_lock: Mutex::new(()),
+            apply_lock: Mutex::new(0),
             path,
             last_size: AtomicU64::new(0),
         };
         store.check_schema()?;
+        *store.apply_lock.lock().unwrap_or_else(|e| e.into_inner()) = store.next_message_id()?;
         Ok(store)
     }
 
@@ -349,23 +351,30 @@ impl SledStore {
 struct Overlay<'a> {
     store: &'a SledStore,
     writes: Vec<Writes>,
+    /// Keys found absent from sled (per tree): removing one after the batch put it needs
+    /// no write at all (an entry put and removed within one group commit costs nothing).
+    absent: Vec<BTreeSet<Vec<u8>>>,
     /// Reference counts read or changed by this batch: (stored before, current).
     counts: BTreeMap<u64, (Option<u64>, u64)>,
+    /// The store's id high-water mark before the batch (see `SledStore::apply_lock`).
+    fresh_from: u64,
     /// Highest `id + 1` put by this batch.
     next_id: u64,
 }
 
 impl<'a> Overlay<'a> {
-    fn new(store: &'a SledStore) -> Overlay<'a> {
+    fn new(store: &'a SledStore, fresh_from: u64) -> Overlay<'a> {
         Overlay {
             store,
             writes: vec![BTreeMap::new(); TREE_NAMES.len()],
+            absent: vec![BTreeSet::new(); TREE_NAMES.len()],
             counts: BTreeMap::new(),
+            fresh_from,
             next_id: 0,
         }
     }
 
-    fn get(&self, t: T, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
+    fn get(&mut self, t: T, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
         if let Some(pending) = self.writes[t as usize].get(key) {
             return Ok(pending.clone());
         }
@@ -374,6 +383,9 @@ impl<'a> Overlay<'a> {
             .tree(t)
             .get(key)
             .map_err(|e| sled_error("reading during a batch", e))?;
+        if value.is_none() {
+            self.absent[t as usize].insert(key.to_vec());
+        }
         Ok(value.map(|v| v.to_vec()))
     }
 
@@ -503,7 +515,10 @@ impl<'a> Overlay<'a> {
                     id.to_be_bytes().to_vec(),
                     codec::encode_message(message),
                 );
-                if self.count(*id)?.is_none() {
+                // Below u64::MAX the mark is exact (not saturated), so ids at or above it
+                // were never put: no need to look for an existing count.
+                let fresh = *id >= self.fresh_from && self.fresh_from < u64::MAX;
+                if !self.counts.contains_key(id) && (fresh || self.count(*id)?.is_none()) {
                     self.counts.insert(*id, (None, 0));
                 }
                 self.next_id = self.next_id.max(id.saturating_add(1));
@@ -514,7 +529,7 @@ impl<'a> Overlay<'a> {
                 entry,
             } => {
                 check_client_id(client_id)?;
-                let what = format!("Enqueue {client_id}/{sequence}");
+                let what = format_args!("Enqueue {client_id}/{sequence}");
                 let key = codec::queue_key(client_id, *sequence);
                 let value = codec::encode_queue_entry(entry);
                 self.put_entry(T::Queues, key, value, entry.message_id, &what)?;
@@ -532,7 +547,7 @@ impl<'a> Overlay<'a> {
                 entry,
             } => {
                 check_client_id(client_id)?;
-                let what = format!("PutInflight {client_id}/{packet_id}");
+                let what = format_args!("PutInflight {client_id}/{packet_id}");
                 let key = codec::packet_key(client_id, *packet_id);
                 let value = codec::encode_inflight(entry);
                 self.put_entry(T::Inflight, key, value, entry.message_id, &what)?;
@@ -568,27 +583,36 @@ impl<'a> Overlay<'a> {
 
     /// End of batch: write changed counts, delete unreferenced messages, raise the id
     /// high-water mark.
-    fn finish(mut self) -> StorageResult<Vec<Writes>> {
+    fn finish(mut self) -> StorageResult<(Vec<Writes>, u64)> {
         for (id, (stored, current)) in std::mem::take(&mut self.counts) {
             let key = id.to_be_bytes().to_vec();
-            if current == 0 {
-                self.remove(T::Messages, key.clone());
-                self.remove(T::Refcounts, key);
-            } else if stored != Some(current) {
-                self.put(T::Refcounts, key, current.to_be_bytes().to_vec());
+            match (stored, current) {
+                // Put by this batch and never referenced: it was not in sled before (a
+                // message has a count exactly when it is stored), so nothing to write.
+                (None, 0) => {
+                    self.writes[T::Messages as usize].remove(&key);
+                    self.writes[T::Refcounts as usize].remove(&key);
+                }
+                (Some(_), 0) => {
+                    self.remove(T::Messages, key.clone());
+                    self.remove(T::Refcounts, key);
+                }
+                _ if stored != Some(current) => {
+                    self.put(T::Refcounts, key, current.to_be_bytes().to_vec())
+                }
+                _ => {}
             }
         }
-        if self.next_id > 0 {
-            let stored = match self.get(T::Meta, NEXT_ID_KEY)? {
-                Some(v) => codec::decode_u64(&v, "message id counter")?,
-                None => 0,
-            };
-            if self.next_id > stored {
-                let value = self.next_id.to_be_bytes().to_vec();
-                self.put(T::Meta, NEXT_ID_KEY.to_vec(), value);
-            }
+        // Only ever raised; `fresh_from` is at least the stored counter.
+        if self.next_id > self.fresh_from {
+            let value = self.next_id.to_be_bytes().to_vec();
+            self.put(T::Meta, NEXT_ID_KEY.to_vec(), value);
         }
-        Ok(self.writes)
+        for (writes, absent) in self.writes.iter_mut().zip(&self.absent) {
+            writes.retain(|key, value| value.is_some() || !absent.contains(key));
+        }
+        let high_water = self.fresh_from.max(self.next_id);
+        Ok((self.writes, high_water))
     }
 }
 
@@ -601,13 +625,15 @@ fn entry_message_id(t: T, value: &[u8]) -> StorageResult<u64> {
 
 impl Store for SledStore {
     fn apply(&self, batch: Vec<Op>) -> StorageResult<()> {
-        let _serial = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut overlay = Overlay::new(self);
+        let mut high_water = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut overlay = Overlay::new(self, *high_water);
         for op in &batch {
             overlay.op(op)?;
         }
-        let writes = overlay.finish()?;
-        self.commit(writes)
+        let (writes, new_high_water) = overlay.finish()?;
+        self.commit(writes)?;
+        *high_water = new_high_water;
+        Ok(())
     }
 
     fn flush(&self) -> StorageResult<()> {
