@@ -124,7 +124,12 @@ async fn read_packet_kind(conn: &mut Conn, want: u8) -> Result<BytesMut> {
 }
 
 /// TCP connect, CONNECT, wait for a successful CONNACK.
-pub async fn connect(addr: &str, client_id: &str, keep_alive: u16) -> Result<Conn> {
+pub async fn connect(
+    addr: &str,
+    client_id: &str,
+    keep_alive: u16,
+    clean_session: bool,
+) -> Result<Conn> {
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connect {addr}"))?;
@@ -134,7 +139,7 @@ pub async fn connect(addr: &str, client_id: &str, keep_alive: u16) -> Result<Con
         rbuf: BytesMut::with_capacity(4096),
     };
     let mut out = BytesMut::with_capacity(64);
-    mqtt::encode_connect(&mut out, client_id, keep_alive, true);
+    mqtt::encode_connect(&mut out, client_id, keep_alive, clean_session);
     conn.stream.write_all(&out).await?;
     let raw = read_packet_kind(&mut conn, mqtt::CONNACK).await?;
     match mqtt::decode(&raw, MAX_PACKET)? {

@@ -90,6 +90,10 @@ struct Args {
     /// Slow consumer emulation: subscriber spends this long per message.
     #[arg(long, default_value_t = 0)]
     subscriber_delay_us: u64,
+    /// Subscribers connect with clean session off (persistent sessions: a broker with
+    /// persistence stores their QoS >= 1 messages).
+    #[arg(long)]
+    persistent_subscribers: bool,
     /// How many subscribers get --subscriber-delay-us (default: all).
     #[arg(long, visible_alias = "slow-subscriber")]
     slow_subscribers: Option<usize>,
@@ -392,6 +396,7 @@ async fn run_traffic(args: &Args) -> Result<Value> {
     // Subscribers first: connect + subscribe, then start their read loops.
     let filters: Arc<Vec<String>> = Arc::new(plan.subs.iter().map(|(f, _)| f.clone()).collect());
     let (qos, ka) = (args.qos, args.keepalive);
+    let clean_subscribers = !args.persistent_subscribers;
     let sub_conns = {
         let (addr, tag, filters) = (addr.clone(), tag.clone(), filters.clone());
         tokio::time::timeout(
@@ -400,7 +405,7 @@ async fn run_traffic(args: &Args) -> Result<Value> {
                 let (addr, id, filter) =
                     (addr.clone(), format!("rl-{tag}-s{i}"), filters[i].clone());
                 async move {
-                    let mut c = client::connect(&addr, &id, ka).await?;
+                    let mut c = client::connect(&addr, &id, ka, clean_subscribers).await?;
                     client::subscribe(&mut c, &filter, qos).await?;
                     Ok(c)
                 }
@@ -477,7 +482,7 @@ async fn run_traffic(args: &Args) -> Result<Value> {
             start_rx.clone(),
         );
         let body = async move {
-            match client::connect(&addr, &id, ka).await {
+            match client::connect(&addr, &id, ka, true).await {
                 Ok(conn) => {
                     let _ = ready_tx.send(Ok(()));
                     let stats = client::run_publisher(cfg, shared, conn, start_rx, shut_rx).await;
@@ -728,9 +733,12 @@ async fn run_idle(args: &Args) -> Result<Value> {
             connect_many(n, args.connect_concurrency, move |i| {
                 let (addr, id) = (addr.clone(), format!("rl-{tag}-i{i}"));
                 async move {
-                    tokio::time::timeout(Duration::from_secs(10), client::connect(&addr, &id, ka))
-                        .await
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("connect timed out")))
+                    tokio::time::timeout(
+                        Duration::from_secs(10),
+                        client::connect(&addr, &id, ka, true),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("connect timed out")))
                 }
             }),
         )

@@ -12,10 +12,111 @@ pub mod sessions;
 
 use crate::config::Durability;
 use rookery_storage::{Op, StorageError, Store};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
+
+impl Pending {
+    /// Adds an operation, or cancels it against a pending one; true if something is
+    /// left to commit.
+    fn push(&mut self, op: Op) -> bool {
+        match op {
+            Op::Dequeue {
+                client_id,
+                sequence,
+            } => {
+                let key = (client_id, sequence);
+                let cancellable =
+                    self.enqueued
+                        .get(&key)
+                        .is_some_and(|index| match self.ops.get(*index) {
+                            Some(Some(Op::Enqueue { entry, .. })) => self
+                                .messages
+                                .get(&entry.message_id)
+                                .is_none_or(|m| m.routed),
+                            _ => false,
+                        });
+                if cancellable {
+                    let index = self.enqueued.remove(&key).unwrap_or(usize::MAX);
+                    if let Some(Some(Op::Enqueue { entry, .. })) =
+                        self.ops.get_mut(index).map(Option::take)
+                    {
+                        self.release_message(entry.message_id);
+                    }
+                    return false;
+                }
+                let (client_id, sequence) = key;
+                self.ops.push(Some(Op::Dequeue {
+                    client_id,
+                    sequence,
+                }));
+            }
+            Op::Enqueue {
+                client_id,
+                sequence,
+                entry,
+            } => {
+                if let Some(message) = self.messages.get_mut(&entry.message_id) {
+                    message.refs += 1;
+                }
+                self.enqueued
+                    .insert((client_id.clone(), sequence), self.ops.len());
+                self.ops.push(Some(Op::Enqueue {
+                    client_id,
+                    sequence,
+                    entry,
+                }));
+            }
+            Op::PutInflight {
+                client_id,
+                packet_id,
+                entry,
+            } => {
+                // An in-flight record keeps its message, like a queue entry.
+                if let Some(message) = self.messages.get_mut(&entry.message_id) {
+                    message.refs += 1;
+                }
+                self.ops.push(Some(Op::PutInflight {
+                    client_id,
+                    packet_id,
+                    entry,
+                }));
+            }
+            Op::PutMessage { id, message } => {
+                let index = self.ops.len();
+                self.messages.insert(
+                    id,
+                    PendingMessage {
+                        index,
+                        refs: 0,
+                        routed: false,
+                    },
+                );
+                self.ops.push(Some(Op::PutMessage { id, message }));
+            }
+            other => self.ops.push(Some(other)),
+        }
+        true
+    }
+
+    /// One pending entry of a message was cancelled; a routed message left without
+    /// entries is not written.
+    fn release_message(&mut self, id: u64) {
+        let Some(message) = self.messages.get_mut(&id) else {
+            return;
+        };
+        message.refs = message.refs.saturating_sub(1);
+        if message.refs == 0 && message.routed {
+            let index = message.index;
+            self.messages.remove(&id);
+            if let Some(slot) = self.ops.get_mut(index) {
+                *slot = None;
+            }
+        }
+    }
+}
 
 /// The commit that will contain the operations submitted with it.
 pub type Ticket = u64;
@@ -49,9 +150,25 @@ impl Committed {
 }
 
 struct Pending {
-    ops: Vec<Op>,
+    /// `None` where an operation was cancelled before it reached the store.
+    ops: Vec<Option<Op>>,
     /// The ticket of the batch being gathered.
     ticket: Ticket,
+    /// Where each pending `Enqueue` is in `ops`, so that a `Dequeue` of the same entry
+    /// arriving before the commit cancels both: a message acknowledged by its subscriber
+    /// before it reached the disk need never be written at all.
+    enqueued: HashMap<(String, u64), usize>,
+    /// Pending `PutMessage`s: position, how many pending entries refer to them, and
+    /// whether the router has finished queueing the message. Until it has, an entry of
+    /// it is never cancelled (another subscriber's entry may still follow), so the
+    /// message is never dropped from a batch that a later entry depends on.
+    messages: HashMap<u64, PendingMessage>,
+}
+
+struct PendingMessage {
+    index: usize,
+    refs: usize,
+    routed: bool,
 }
 
 pub struct Durable {
@@ -75,6 +192,8 @@ impl Durable {
             pending: Mutex::new(Pending {
                 ops: Vec::new(),
                 ticket: 1,
+                enqueued: HashMap::new(),
+                messages: HashMap::new(),
             }),
             wake: Notify::new(),
             committed,
@@ -95,15 +214,25 @@ impl Durable {
     /// Queues operations for the next commit and returns its ticket. Never blocks on I/O.
     pub fn submit(&self, ops: impl IntoIterator<Item = Op>) -> Ticket {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let before = pending.ops.len();
-        pending.ops.extend(ops);
+        let mut added = false;
+        for op in ops {
+            added |= pending.push(op);
+        }
         let ticket = pending.ticket;
-        let added = pending.ops.len() > before;
         drop(pending);
         if added {
             self.wake.notify_one();
         }
         ticket
+    }
+
+    /// The router has queued every entry of message `id`: from now on a subscriber's
+    /// acknowledgement may cancel its pending entry.
+    pub fn routing_done(&self, id: u64) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(message) = pending.messages.get_mut(&id) {
+            message.routed = true;
+        }
     }
 
     /// Whether acknowledgements must wait for their ticket.
@@ -137,7 +266,13 @@ impl Durable {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             let ticket = pending.ticket;
             pending.ticket += 1;
-            (std::mem::take(&mut pending.ops), ticket)
+            pending.enqueued.clear();
+            pending.messages.clear();
+            let ops: Vec<Op> = std::mem::take(&mut pending.ops)
+                .into_iter()
+                .flatten()
+                .collect();
+            (ops, ticket)
         };
         if ops.is_empty() {
             self.finish(ticket, Ok(()));

@@ -128,6 +128,9 @@ impl Router {
             }
             index = end;
         }
+        if let (Some(durable), Some(id)) = (&self.durable, message_id) {
+            durable.routing_done(id);
+        }
         routed
     }
 
@@ -222,6 +225,6 @@ fn merge_delivery(
         qos: qos?,
         retain,
         subscription_ids,
-        seq: None,
+        stored: None,
     })
 }

@@ -6,7 +6,7 @@
 use super::Broker;
 use crate::codec::{self, reason, Disconnect, LastWill, MqttStr, Packet, ProtocolVersion};
 use crate::durable::{Committed, Ticket};
-use crate::session::{Detached, SessionCore, SessionState, TakeOver};
+use crate::session::{Delivery, Detached, SessionCore, SessionState, TakeOver};
 use crate::stats::Stats;
 use bytes::BytesMut;
 use std::collections::HashMap;
@@ -28,6 +28,16 @@ const READ_CHUNK: usize = 16 * 1024;
 pub(super) const FILL_BATCH: usize = 256;
 /// How long a closing connection may spend flushing its last packets.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
+
+/// Something a connection does once a commit finished.
+pub(super) enum Deferred {
+    /// A control packet: an acknowledgement promising durability, or one queued behind it.
+    Packet(Box<Packet>),
+    /// A QoS 2 PUBLISH to a persistent session, once its packet id is stored.
+    Publish { delivery: Delivery, packet_id: u16 },
+    /// Retained messages for a new subscription, after its SUBACK.
+    Retained(Vec<Delivery>),
+}
 
 /// Why a connection ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,10 +78,10 @@ pub(super) struct Connection {
     /// Fires once if a new connection takes the session over; `None` once it has.
     pub kick: Option<oneshot::Receiver<TakeOver>>,
     pub ending: Option<End>,
-    /// Acknowledgements waiting for the commit that makes their message durable, in the
-    /// order their PUBLISH packets arrived [MQTT-4.6.0-2]. Ticket 0: no wait, but queued
-    /// behind the others to keep the order.
-    pub pending_acks: VecDeque<(Ticket, Packet)>,
+    /// Packets waiting for the commit that makes what they promise durable, in order
+    /// (acknowledgements in the order their PUBLISH packets arrived [MQTT-4.6.0-2]).
+    /// Ticket 0: no wait, but queued behind the others to keep the order.
+    pub deferred: VecDeque<(Ticket, Deferred)>,
     /// Commit progress, when durability is on.
     pub commits: Option<watch::Receiver<Committed>>,
 }
@@ -125,58 +135,79 @@ impl Connection {
         self.broker.durable.as_ref().is_some_and(|d| d.acks_wait())
     }
 
-    /// Sends an acknowledgement now, or once `ticket` is durable (and after every
-    /// acknowledgement already waiting).
+    /// Sends an acknowledgement now, or once `ticket` is durable (and after everything
+    /// already waiting).
     pub fn acknowledge(&mut self, packet: Packet, ticket: Option<Ticket>) {
-        if ticket.is_none() && self.pending_acks.is_empty() {
+        if ticket.is_none() && self.deferred.is_empty() {
             self.send(&packet);
             return;
         }
-        self.pending_acks.push_back((ticket.unwrap_or(0), packet));
-        self.release_acks();
+        self.defer(ticket.unwrap_or(0), Deferred::Packet(Box::new(packet)));
     }
 
-    /// Sends the waiting acknowledgements whose commits finished. A failed commit turns
-    /// its acknowledgement into a refusal: v5 0x97 (quota exceeded: the disk is full) or
+    /// Queues something to do once `ticket` is durable.
+    pub fn defer(&mut self, ticket: Ticket, deferred: Deferred) {
+        self.deferred.push_back((ticket, deferred));
+        self.release_deferred();
+    }
+
+    /// Does what waited for commits that finished. A failed commit turns an
+    /// acknowledgement into a refusal: v5 0x97 (quota exceeded: the disk is full) or
     /// 0x80; a 3.1.1 client, which has no way to hear a refusal, is disconnected so that
     /// it resends after reconnecting.
-    fn release_acks(&mut self) {
-        let Some(committed) = self.commits.as_ref().map(|c| *c.borrow()) else {
-            while let Some((_, packet)) = self.pending_acks.pop_front() {
-                self.send(&packet);
-            }
-            return;
-        };
-        while let Some((ticket, _)) = self.pending_acks.front() {
-            let outcome = if *ticket == 0 {
-                Some(Ok(()))
-            } else {
-                committed.outcome(*ticket)
+    fn release_deferred(&mut self) {
+        let committed = self.commits.as_ref().map(|c| *c.borrow());
+        while let Some((ticket, _)) = self.deferred.front() {
+            let outcome = match (*ticket, committed) {
+                (0, _) | (_, None) => Some(Ok(())),
+                (ticket, Some(committed)) => committed.outcome(ticket),
             };
             let Some(outcome) = outcome else {
                 break;
             };
-            let Some((_, mut packet)) = self.pending_acks.pop_front() else {
+            let Some((_, deferred)) = self.deferred.pop_front() else {
                 break;
             };
-            if let Err(full) = outcome {
-                if !self.version.is_v5() {
-                    self.end(End::Lost);
-                    return;
+            match deferred {
+                Deferred::Packet(packet) => {
+                    let mut packet = *packet;
+                    if let Err(full) = outcome {
+                        if !self.version.is_v5() {
+                            self.end(End::Lost);
+                            return;
+                        }
+                        let code = if full {
+                            reason::QUOTA_EXCEEDED
+                        } else {
+                            reason::UNSPECIFIED_ERROR
+                        };
+                        if let Packet::PubAck(ack) | Packet::PubRec(ack) = &mut packet {
+                            ack.reason_code = code;
+                        }
+                        if let Packet::PubRec(rec) = &packet {
+                            self.state.incoming_qos2.remove(&rec.packet_id);
+                        }
+                    }
+                    self.send(&packet);
                 }
-                let code = if full {
-                    reason::QUOTA_EXCEEDED
-                } else {
-                    reason::UNSPECIFIED_ERROR
-                };
-                if let Packet::PubAck(ack) | Packet::PubRec(ack) = &mut packet {
-                    ack.reason_code = code;
+                Deferred::Publish {
+                    delivery,
+                    packet_id,
+                } => {
+                    // Sent even if the in-flight record failed to store: the message is
+                    // due, and only its exactly-once guarantee across a crash is weaker.
+                    if self.state.inflight.contains_key(&packet_id)
+                        && !self.write_publish(&delivery, packet_id, false)
+                    {
+                        self.state.inflight.remove(&packet_id);
+                    }
                 }
-                if let Packet::PubRec(rec) = &packet {
-                    self.state.incoming_qos2.remove(&rec.packet_id);
+                Deferred::Retained(deliveries) => {
+                    for delivery in deliveries {
+                        let _ = self.core.outbox.push(delivery);
+                    }
                 }
             }
-            self.send(&packet);
         }
     }
 
@@ -255,8 +286,8 @@ impl Connection {
                     }
                 }
                 _ = self.core.outbox.ready.notified(), if self.wbuf.len() < WRITE_HIGH_WATER => {}
-                _ = wait_for_commit(&mut self.commits), if !self.pending_acks.is_empty() => {
-                    self.release_acks();
+                _ = wait_for_commit(&mut self.commits), if !self.deferred.is_empty() || self.core.outbox.unloaded_from().is_some() => {
+                    self.release_deferred();
                 }
                 _ = &mut keep_alive_timer, if !self.keep_alive.is_zero() => {
                     // [MQTT-3.1.2-24] one and a half times the keep-alive without a packet.

@@ -287,7 +287,7 @@ async fn admit(
         wbuf: BytesMut::new(),
         kick: Some(kick_rx),
         ending: None,
-        pending_acks: Default::default(),
+        deferred: Default::default(),
         commits: broker.durable.as_ref().map(|d| d.subscribe_commits()),
     };
     connection.send(&connack);

@@ -1,6 +1,6 @@
 //! Packets from the client, once connected.
 
-use super::connection::{Connection, End};
+use super::connection::{Connection, Deferred, End};
 use crate::acl::{Access, Identity};
 use crate::codec::topic::{parse_shared, validate_topic_filter};
 use crate::codec::{
@@ -128,6 +128,10 @@ impl Connection {
             ),
             QoS::ExactlyOnce => {
                 self.state.incoming_qos2.insert(packet_id);
+                // A persistent session remembers, across a restart, which QoS 2 packet
+                // ids it has received, so that a resent PUBLISH is not routed twice.
+                let incoming = self.store_incoming(packet_id, true);
+                let ticket = ticket.max(incoming.filter(|_| self.durable_acks()));
                 self.acknowledge(
                     Packet::PubRec(PubResponse::new(packet_id, reason::SUCCESS)),
                     ticket,
@@ -175,7 +179,7 @@ impl Connection {
             .is_some_and(|f| f.delivery.qos == QoS::AtLeastOnce);
         if acknowledged {
             if let Some(inflight) = self.state.inflight.remove(&ack.packet_id) {
-                self.stored_delivery_done(inflight.delivery.seq);
+                self.stored_delivery_done(inflight.delivery.stored, None);
             }
         }
     }
@@ -194,19 +198,23 @@ impl Connection {
         if rec.reason_code >= 0x80 {
             // The client refused the message: the exchange ends here [MQTT-4.3.3-4].
             if let Some(inflight) = self.state.inflight.remove(&rec.packet_id) {
-                self.stored_delivery_done(inflight.delivery.seq);
+                let forget = self.forget_inflight(rec.packet_id, &inflight);
+                self.stored_delivery_done(inflight.delivery.stored, forget);
             }
             return;
         }
         let first_pubrec = !inflight.released;
         inflight.released = true;
-        let seq = inflight.delivery.seq.take();
-        // The client has the message: its stored entry goes, and PUBREL follows only once
-        // that is durable, so that after a crash the message is not sent again as new.
-        let ticket = if first_pubrec {
-            self.stored_delivery_done(seq)
-        } else {
-            None
+        // The client has the message: its queue entry goes and its in-flight record says
+        // "released", and PUBREL follows only once that is durable, so that after a crash
+        // the broker resends PUBREL, not the message.
+        let ticket = match (first_pubrec, self.state.inflight.get(&rec.packet_id)) {
+            (true, Some(inflight)) => {
+                let stored = inflight.delivery.stored;
+                let record = self.inflight_record(rec.packet_id, inflight);
+                self.stored_delivery_done(stored, record)
+            }
+            _ => None,
         };
         let ticket = ticket.filter(|_| self.durable_acks());
         self.acknowledge(
@@ -215,8 +223,32 @@ impl Connection {
         );
     }
 
+    /// Records (or forgets) a received QoS 2 packet id in the store, for persistent
+    /// sessions.
+    fn store_incoming(&mut self, packet_id: u16, received: bool) -> Option<crate::durable::Ticket> {
+        let durable = self
+            .broker
+            .durable
+            .as_ref()
+            .filter(|_| self.state.persisted)?;
+        let client_id = self.client_id.to_string();
+        let op = if received {
+            rookery_storage::Op::PutIncoming {
+                client_id,
+                packet_id,
+            }
+        } else {
+            rookery_storage::Op::RemoveIncoming {
+                client_id,
+                packet_id,
+            }
+        };
+        Some(durable.submit([op]))
+    }
+
     fn on_pubrel(&mut self, rel: PubResponse) {
         let code = if self.state.incoming_qos2.remove(&rel.packet_id) {
+            self.store_incoming(rel.packet_id, false);
             reason::SUCCESS
         } else {
             reason::PACKET_IDENTIFIER_NOT_FOUND
@@ -231,7 +263,12 @@ impl Connection {
             .get(&comp.packet_id)
             .is_some_and(|f| f.released)
         {
-            self.state.inflight.remove(&comp.packet_id);
+            if let Some(inflight) = self.state.inflight.remove(&comp.packet_id) {
+                let forget = self.forget_inflight(comp.packet_id, &inflight);
+                if let (Some(op), Some(durable)) = (forget, &self.broker.durable) {
+                    durable.submit([op]);
+                }
+            }
         }
     }
 
@@ -254,17 +291,20 @@ impl Connection {
                 }
             }
         }
-        self.broker
-            .persist_session(&self.client_id, &mut self.state, false);
-        self.send(&Packet::SubAck(SubAck {
+        // A persistent session's new subscription is stored before SUBACK (with
+        // `strict`), and the retained messages follow the SUBACK.
+        let ticket = self
+            .broker
+            .persist_session(&self.client_id, &mut self.state, false)
+            .filter(|_| self.durable_acks());
+        let suback = Packet::SubAck(SubAck {
             packet_id: subscribe.packet_id,
             reason_codes,
             properties: Default::default(),
-        }));
-        for delivery in retained {
-            // Our own outbox: the messages follow the SUBACK, in order, under the same
-            // queue limits as any other delivery.
-            let _ = self.core.outbox.push(delivery);
+        });
+        self.acknowledge(suback, ticket);
+        if !retained.is_empty() {
+            self.defer(0, Deferred::Retained(retained));
         }
     }
 
@@ -338,7 +378,7 @@ impl Connection {
                     retain: true,
                     subscription_ids: subscription_id.into_iter().collect(),
                     message,
-                    seq: None,
+                    stored: None,
                 });
             }
         }

@@ -47,11 +47,18 @@ impl Broker {
 
     /// Writes a persistent session's record (no-op without durability or for sessions
     /// that end with their connection).
-    pub fn persist_session(&self, client_id: &str, state: &mut SessionState, disconnected: bool) {
-        if let (Some(durable), true) = (&self.durable, state.expiry_interval > 0) {
-            durable.save_session(client_id, state, disconnected);
-            state.persisted = true;
-        }
+    pub fn persist_session(
+        &self,
+        client_id: &str,
+        state: &mut SessionState,
+        disconnected: bool,
+    ) -> Option<crate::durable::Ticket> {
+        let durable = self
+            .durable
+            .as_ref()
+            .filter(|_| state.expiry_interval > 0)?;
+        state.persisted = true;
+        Some(durable.save_session(client_id, state, disconnected))
     }
 
     /// A session ended: its subscriptions leave the router and its record the store.
@@ -268,6 +275,36 @@ fn restore_sessions(broker: &Broker, sessions: Vec<rookery_storage::RecoveredSes
             ..Default::default()
         };
         state.subscriptions.extend(restore_subscriptions(stored));
+        // QoS 2 messages in flight when the broker stopped: resent with their packet ids.
+        for (packet_id, entry, message) in recovered.inflight.iter().cloned() {
+            let Some(message) = Message::from_stored(message) else {
+                tracing::error!(client_id = %stored.client_id, packet_id, "stored in-flight message does not decode");
+                continue;
+            };
+            let delivery = crate::session::Delivery {
+                message: Arc::new(message),
+                qos: crate::codec::QoS::from_u8(entry.qos)
+                    .unwrap_or(crate::codec::QoS::ExactlyOnce),
+                retain: entry.retain,
+                subscription_ids: entry.subscription_ids,
+                stored: Some(crate::session::StoredRef {
+                    seq: entry.sequence,
+                    message_id: entry.message_id,
+                }),
+            };
+            state.next_sequence = state.next_sequence.max(entry.sequence + 1);
+            state.inflight.insert(
+                packet_id,
+                crate::session::InFlight {
+                    delivery,
+                    sequence: entry.sequence,
+                    released: entry.released,
+                },
+            );
+        }
+        state
+            .incoming_qos2
+            .extend(recovered.incoming.iter().copied());
         let client_id: Arc<str> = Arc::from(stored.client_id.as_str());
         let subscriptions: Vec<_> = state
             .subscriptions

@@ -1,14 +1,16 @@
 //! Deliveries to the client: from the outbox into the write buffer, within the in-flight
 //! window, the client's Maximum Packet Size and its Topic Alias Maximum.
 
-use super::connection::{Connection, FILL_BATCH};
+use super::connection::{Connection, Deferred, FILL_BATCH};
 
 /// Room made in an empty write buffer before a batch, so that it rarely regrows.
 const WRITE_BUFFER_START: usize = 16 * 1024;
 use crate::codec::{self, MqttStr, Packet, PubResponse, QoS};
+use crate::durable::Ticket;
 use crate::message::packet_id_offset;
-use crate::session::{Delivery, InFlight};
+use crate::session::{Delivery, InFlight, StoredRef};
 use crate::stats::Stats;
+use rookery_storage::Op;
 use std::time::Instant;
 
 impl Connection {
@@ -35,14 +37,14 @@ impl Connection {
             if delivery.message.is_expired(now) {
                 // [MQTT-3.3.2-5] an expired message is not delivered.
                 Stats::add(&self.broker.stats.dropped_expired, 1);
-                self.stored_delivery_done(delivery.seq);
+                self.stored_delivery_done(delivery.stored, None);
                 continue;
             }
-            let seq = delivery.seq;
+            let stored = delivery.stored;
             if self.write_new_delivery(delivery) {
                 sent += 1;
             } else {
-                self.stored_delivery_done(seq);
+                self.stored_delivery_done(stored, None);
             }
         }
         if sent > 0 {
@@ -74,9 +76,23 @@ impl Connection {
         let mut loaded = Vec::with_capacity(entries.len());
         for (seq, entry, stored) in entries {
             self.core.outbox.mark_loaded(seq);
+            let reference = StoredRef {
+                seq,
+                message_id: entry.message_id,
+            };
+            // Recovered in flight (a QoS 2 message sent before a restart): it is resent
+            // from the in-flight state with its packet id, not again as new.
+            if self
+                .state
+                .inflight
+                .values()
+                .any(|f| f.delivery.stored == Some(reference))
+            {
+                continue;
+            }
             let Some(message) = crate::message::Message::from_stored(stored) else {
                 tracing::error!(%client_id, seq, "stored message does not decode: dropped");
-                self.stored_delivery_done(Some(seq));
+                self.stored_delivery_done(Some(reference), None);
                 continue;
             };
             loaded.push(Delivery {
@@ -84,24 +100,56 @@ impl Connection {
                 qos: QoS::from_u8(entry.qos).unwrap_or(QoS::AtLeastOnce),
                 retain: entry.retain,
                 subscription_ids: entry.subscription_ids,
-                seq: Some(seq),
+                stored: Some(reference),
             });
         }
         loaded
     }
 
-    /// The client is done with a stored delivery (acknowledged, or it will never be
-    /// sent): its entry leaves the store. Returns the ticket of that removal.
+    /// The client has a stored delivery (or it will never be sent): its queue entry
+    /// leaves the store, together with `also` (the QoS 2 in-flight record's update) in
+    /// the same commit. Returns the ticket of that commit.
     pub(super) fn stored_delivery_done(
         &mut self,
-        seq: Option<u64>,
-    ) -> Option<crate::durable::Ticket> {
-        let (seq, durable) = (seq?, self.broker.durable.as_ref()?);
-        self.core.outbox.stored_done(seq);
-        Some(durable.submit([rookery_storage::Op::Dequeue {
+        stored: Option<StoredRef>,
+        also: Option<Op>,
+    ) -> Option<Ticket> {
+        let (stored, durable) = (stored?, self.broker.durable.clone()?);
+        self.core.outbox.stored_done(stored.seq);
+        let dequeue = Op::Dequeue {
             client_id: self.client_id.to_string(),
-            sequence: seq,
-        }]))
+            sequence: stored.seq,
+        };
+        Some(durable.submit(also.into_iter().chain([dequeue])))
+    }
+
+    /// The in-flight record of a QoS 2 delivery to a persistent session: sent with its
+    /// packet id, so that after a restart the same packet id is used again and the
+    /// client recognises the message instead of taking it for a new one.
+    pub(super) fn inflight_record(&self, packet_id: u16, inflight: &InFlight) -> Option<Op> {
+        let stored = inflight.delivery.stored?;
+        Some(Op::PutInflight {
+            client_id: self.client_id.to_string(),
+            packet_id,
+            entry: rookery_storage::InflightEntry {
+                message_id: stored.message_id,
+                qos: inflight.delivery.qos as u8,
+                retain: inflight.delivery.retain,
+                subscription_ids: inflight.delivery.subscription_ids.clone(),
+                released: inflight.released,
+                sequence: stored.seq,
+            },
+        })
+    }
+
+    /// The removal of a QoS 2 delivery's in-flight record, if it has one.
+    pub(super) fn forget_inflight(&self, packet_id: u16, inflight: &InFlight) -> Option<Op> {
+        (inflight.delivery.qos == QoS::ExactlyOnce && inflight.delivery.stored.is_some()).then(
+            || Op::RemoveInflight {
+                client_id: self.client_id.to_string(),
+                packet_id,
+            },
+        )
     }
 
     /// Writes a delivery, allocating a packet id and recording it in flight for QoS > 0.
@@ -115,22 +163,44 @@ impl Connection {
                 None => return false,
             }
         };
-        if !self.write_publish(&delivery, packet_id, false) {
-            return false;
+        if packet_id == 0 {
+            return self.write_publish(&delivery, 0, false);
         }
-        if packet_id != 0 {
-            let sequence = self.state.next_sequence;
-            self.state.next_sequence += 1;
-            self.state.inflight.insert(
-                packet_id,
-                InFlight {
-                    delivery,
-                    sequence,
-                    released: false,
-                },
-            );
+        let sequence = self.state.next_sequence;
+        self.state.next_sequence += 1;
+        let inflight = InFlight {
+            delivery,
+            sequence,
+            released: false,
+        };
+        // QoS 2 to a persistent session: the packet id is stored before the PUBLISH
+        // leaves (with `strict`, the PUBLISH waits for that commit).
+        let record = (inflight.delivery.qos == QoS::ExactlyOnce)
+            .then(|| self.inflight_record(packet_id, &inflight))
+            .flatten();
+        let ticket = record.and_then(|op| self.broker.durable.as_ref().map(|d| d.submit([op])));
+        let delivery = inflight.delivery.clone();
+        self.state.inflight.insert(packet_id, inflight);
+        match ticket.filter(|_| self.durable_acks()) {
+            Some(ticket) => {
+                self.defer(
+                    ticket,
+                    Deferred::Publish {
+                        delivery,
+                        packet_id,
+                    },
+                );
+                true
+            }
+            None => {
+                if self.write_publish(&delivery, packet_id, false) {
+                    true
+                } else {
+                    self.state.inflight.remove(&packet_id);
+                    false
+                }
+            }
         }
-        true
     }
 
     /// After a reconnect: unacknowledged PUBLISH packets again with DUP set, and PUBREL
@@ -153,7 +223,7 @@ impl Connection {
 
     /// Appends one PUBLISH. Uses the message's shared encoding when the form allows it
     /// (no subscription identifiers, no topic alias), patching in the packet id and DUP.
-    fn write_publish(&mut self, delivery: &Delivery, packet_id: u16, dup: bool) -> bool {
+    pub(super) fn write_publish(&mut self, delivery: &Delivery, packet_id: u16, dup: bool) -> bool {
         let message = &delivery.message;
         let alias = self.outbound_alias(&message.topic);
         let start = self.wbuf.len();

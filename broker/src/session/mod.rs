@@ -4,7 +4,7 @@
 pub mod outbox;
 pub mod registry;
 
-pub use outbox::{Delivery, Outbox, OutboxLimits};
+pub use outbox::{Delivery, Outbox, OutboxLimits, StoredRef};
 pub use registry::{Attached, Detached, Registry, TakeOver};
 
 use crate::codec::{QoS, SubscriptionOptions};

@@ -26,9 +26,16 @@ pub struct Delivery {
     pub qos: QoS,
     pub retain: bool,
     pub subscription_ids: Vec<u32>,
-    /// Position in the session's stored queue, for deliveries to persistent sessions:
-    /// removed from the store once the client acknowledged it.
-    pub seq: Option<u64>,
+    /// Where the delivery is in the store, for deliveries to persistent sessions: its
+    /// queue entry is removed once the client has the message.
+    pub stored: Option<StoredRef>,
+}
+
+/// A delivery's queue entry and message in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredRef {
+    pub seq: u64,
+    pub message_id: u64,
 }
 
 impl Delivery {
@@ -169,12 +176,16 @@ impl Outbox {
         // Going offline: deliveries that are also in the store leave memory; they are read
         // back from the store when the client returns.
         let mut queue = self.lock();
-        let Some(first_stored) = queue.deliveries.iter().find_map(|d| d.seq) else {
+        let Some(first_stored) = queue
+            .deliveries
+            .iter()
+            .find_map(|d| d.stored.map(|r| r.seq))
+        else {
             return;
         };
         let mut kept = VecDeque::new();
         for delivery in std::mem::take(&mut queue.deliveries) {
-            if delivery.seq.is_some() {
+            if delivery.stored.is_some() {
                 queue.bytes -= delivery.weight();
             } else {
                 kept.push_back(delivery);
@@ -266,7 +277,7 @@ impl Outbox {
                 .chain(store_message.take())
                 .chain([enqueue]),
         );
-        delivery.seq = Some(seq);
+        delivery.stored = Some(StoredRef { seq, message_id });
         let contiguous = disk.loaded_through + 1 == seq;
         if online && contiguous && in_memory_room {
             disk.loaded_through = seq;
