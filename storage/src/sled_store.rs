@@ -72,8 +72,12 @@ type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 #[derive(Debug, Clone)]
 pub struct SledOptions {
     /// sled's page cache, in bytes. sled's own default is 1 GiB, far above the broker's
-    /// memory budget; queues are read back in pages on demand, so a small cache costs only
-    /// some re-reads.
+    /// memory budget (≤ 200 MB with 1,000,000 queued messages), and sled's real use runs
+    /// 4-5x over this figure because it counts serialized bytes. Measured with 1M queued
+    /// messages (`examples/recover_1m.rs`): RSS after recovery 117 MiB with 4 MiB, 135 with
+    /// 8, 170 with 16, ~207 with 32 or 64 — and no measurable change in group-commit
+    /// throughput (`examples/apply_flush.rs`) between 8 and 512 MiB, since queues are
+    /// written at their tail and read back in order. Default 8 MiB.
     pub cache_capacity: u64,
     /// sled's background flush interval. `None` (the default): the broker decides when data
     /// becomes durable (group commit in `strict`, its own timer in `batched`), so the loss
@@ -86,7 +90,7 @@ pub struct SledOptions {
 impl Default for SledOptions {
     fn default() -> Self {
         SledOptions {
-            cache_capacity: 64 * 1024 * 1024,
+            cache_capacity: 8 * 1024 * 1024,
             flush_every_ms: None,
             high_throughput: false,
         }
