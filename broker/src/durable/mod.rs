@@ -268,10 +268,12 @@ impl Durable {
             pending.ticket += 1;
             pending.enqueued.clear();
             pending.messages.clear();
+            let slots = pending.ops.len();
             let ops: Vec<Op> = std::mem::take(&mut pending.ops)
                 .into_iter()
                 .flatten()
                 .collect();
+            tracing::trace!(ticket, slots, kept = ops.len(), "batch taken");
             (ops, ticket)
         };
         if ops.is_empty() {

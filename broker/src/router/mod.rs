@@ -226,5 +226,6 @@ fn merge_delivery(
         retain,
         subscription_ids,
         stored: None,
+        redelivery: false,
     })
 }

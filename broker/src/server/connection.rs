@@ -197,7 +197,7 @@ impl Connection {
                     // Sent even if the in-flight record failed to store: the message is
                     // due, and only its exactly-once guarantee across a crash is weaker.
                     if self.state.inflight.contains_key(&packet_id)
-                        && !self.write_publish(&delivery, packet_id, false)
+                        && !self.write_publish(&delivery, packet_id, delivery.redelivery)
                     {
                         self.state.inflight.remove(&packet_id);
                     }

@@ -379,6 +379,7 @@ impl Connection {
                     subscription_ids: subscription_id.into_iter().collect(),
                     message,
                     stored: None,
+                    redelivery: false,
                 });
             }
         }

@@ -291,6 +291,7 @@ fn restore_sessions(broker: &Broker, sessions: Vec<rookery_storage::RecoveredSes
                     seq: entry.sequence,
                     message_id: entry.message_id,
                 }),
+                redelivery: true,
             };
             state.next_sequence = state.next_sequence.max(entry.sequence + 1);
             state.inflight.insert(

@@ -101,6 +101,7 @@ impl Connection {
                 retain: entry.retain,
                 subscription_ids: entry.subscription_ids,
                 stored: Some(reference),
+                redelivery: self.core.outbox.is_recovered(seq),
             });
         }
         loaded
@@ -193,7 +194,7 @@ impl Connection {
                 true
             }
             None => {
-                if self.write_publish(&delivery, packet_id, false) {
+                if self.write_publish(&delivery, packet_id, delivery.redelivery) {
                     true
                 } else {
                     self.state.inflight.remove(&packet_id);

@@ -29,6 +29,9 @@ pub struct Delivery {
     /// Where the delivery is in the store, for deliveries to persistent sessions: its
     /// queue entry is removed once the client has the message.
     pub stored: Option<StoredRef>,
+    /// Read back from a queue recovered after a restart: it may have been sent before,
+    /// so it goes out with DUP set [MQTT-3.3.1-1].
+    pub redelivery: bool,
 }
 
 /// A delivery's queue entry and message in the store.
@@ -70,6 +73,9 @@ pub struct DiskQueue {
     pub client_id: String,
     pub next_seq: u64,
     pub loaded_through: u64,
+    /// The last sequence recovered at start-up: entries up to it may have been sent
+    /// before the restart.
+    pub recovered_through: u64,
     /// Entries recovered from the store at start-up and not yet acknowledged. Their sizes
     /// are not known without reading them, so the byte limit counts only entries queued
     /// since the start.
@@ -85,6 +91,11 @@ impl DiskQueue {
     pub fn new(client_id: String, next_seq: u64, loaded_through: u64, recovered: u64) -> DiskQueue {
         DiskQueue {
             client_id,
+            recovered_through: if recovered > 0 {
+                next_seq.saturating_sub(1)
+            } else {
+                0
+            },
             next_seq,
             loaded_through,
             recovered,
@@ -306,6 +317,14 @@ impl Outbox {
         let disk = queue.disk.as_ref()?;
         (disk.loaded_through + 1 < disk.next_seq && queue.deliveries.is_empty())
             .then(|| (disk.loaded_through + 1, disk.client_id.clone()))
+    }
+
+    /// Whether a stored entry predates the last restart.
+    pub fn is_recovered(&self, seq: u64) -> bool {
+        self.lock()
+            .disk
+            .as_ref()
+            .is_some_and(|disk| seq <= disk.recovered_through)
     }
 
     /// Records that stored entries up to `seq` were read back into the connection.
