@@ -145,6 +145,14 @@ impl Connection {
         self.defer(ticket.unwrap_or(0), Deferred::Packet(Box::new(packet)));
     }
 
+    /// Whether a persistent session has stored entries that are not yet readable (their
+    /// commit is pending): then the connection waits for commits to read them back.
+    /// Checked every loop iteration, so the common case (no persistence) costs one
+    /// atomic load, not the outbox lock.
+    fn waits_for_stored_entries(&self) -> bool {
+        self.core.outbox.is_persistent() && self.core.outbox.unloaded_from().is_some()
+    }
+
     /// Queues something to do once `ticket` is durable.
     pub fn defer(&mut self, ticket: Ticket, deferred: Deferred) {
         self.deferred.push_back((ticket, deferred));
@@ -286,7 +294,7 @@ impl Connection {
                     }
                 }
                 _ = self.core.outbox.ready.notified(), if self.wbuf.len() < WRITE_HIGH_WATER => {}
-                _ = wait_for_commit(&mut self.commits), if !self.deferred.is_empty() || self.core.outbox.unloaded_from().is_some() => {
+                _ = wait_for_commit(&mut self.commits), if !self.deferred.is_empty() || self.waits_for_stored_entries() => {
                     self.release_deferred();
                 }
                 _ = &mut keep_alive_timer, if !self.keep_alive.is_zero() => {
