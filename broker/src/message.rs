@@ -203,7 +203,8 @@ pub fn decode_properties(stored: &Bytes) -> Option<Properties> {
     }
 }
 
-fn unix_millis() -> u64 {
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -2,6 +2,7 @@
 
 use super::{Durable, Ticket};
 use crate::codec::{QoS, RetainHandling, SubscriptionOptions};
+use crate::message::unix_millis;
 use crate::session::{SessionState, SessionSubscription};
 use rookery_storage::{Op, StoredSession, StoredSubscription};
 
@@ -93,11 +94,4 @@ pub fn remaining_expiry(stored: &StoredSession) -> Option<std::time::Duration> {
     let offline =
         std::time::Duration::from_millis(unix_millis().saturating_sub(stored.disconnected_at_ms));
     Some(total.saturating_sub(offline))
-}
-
-pub(crate) fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
