@@ -18,6 +18,22 @@ pub struct Config {
     pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub sys: SysConfig,
+    /// `[[webhooks]]` endpoints (SPEC §1, §9). Accepted and validated now; the bridge that
+    /// delivers to them is a later issue.
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub secret: Option<String>,
+    pub events: Vec<String>,
+    pub topics: Vec<String>,
+    pub gids: Vec<u32>,
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// `base64` or `utf8` for binary payloads.
+    pub payload_encoding: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -275,6 +291,44 @@ mod tests {
         assert_eq!(config.mqtt.max_inflight, 9);
         assert_eq!(config.storage.durability, Durability::None);
         assert!(!config.auth.allow_anonymous);
+    }
+
+    #[test]
+    fn the_spec_example_config_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rookery.toml");
+        std::fs::write(
+            &path,
+            r#"
+[mqtt]
+listen = "127.0.0.1:1883"
+tls_listen = "127.0.0.1:8883"
+max_keepalive = 65535
+max_packet_size = 1048576
+max_connections = 100000
+max_inflight = 100
+max_queued_messages = 10000
+max_queued_bytes = 67108864
+[http]
+listen = "127.0.0.1:8080"
+[storage]
+data_dir = "./rookery-data"
+durability = "strict"
+[auth]
+allow_anonymous = true
+admin_token = "change-me"
+acl_file = "acl.conf"
+[[webhooks]]
+url = "http://127.0.0.1:9000/hook"
+secret = "s3cret"
+events = ["message.publish", "group.members"]
+topics = ["groups/#"]
+"#,
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), Vec::new()).unwrap();
+        assert_eq!(config.webhooks.len(), 1);
+        assert_eq!(config.mqtt.max_keepalive, 65535);
     }
 
     #[test]

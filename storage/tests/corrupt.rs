@@ -11,7 +11,7 @@ use std::path::Path;
 /// incoming id, one retained message.
 fn populated() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = common::open_after_drop(dir.path()).unwrap();
     store
         .apply(vec![
             Op::PutSession(session("c", 3)),
@@ -78,7 +78,7 @@ fn recover_after(tree: &str, key: &[u8], value: Option<&[u8]>, mentions: &str) {
     poke(dir.path(), tree, key, value);
     // Refused at open (the id counter is read there) or by recover.
     expect_corrupt(
-        SledStore::open(dir.path()).and_then(|store| store.recover()),
+        common::open_after_drop(dir.path()).and_then(|store| store.recover()),
         mentions,
     );
 }
@@ -133,7 +133,7 @@ fn a_session_under_another_key_is_corrupt() {
     let dir = populated();
     let value = peek(dir.path(), "sessions", b"c");
     poke(dir.path(), "sessions", b"d", Some(&value));
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = common::open_after_drop(dir.path()).unwrap();
     expect_corrupt(store.recover(), "is for client \"c\"");
 }
 
@@ -142,7 +142,7 @@ fn recover_does_not_read_queued_values_but_queue_range_checks_them() {
     let dir = populated();
     let key = [b"c\x00".as_slice(), &11u64.to_be_bytes()].concat();
     poke(dir.path(), "queues", &key, Some(b"\x01\xff"));
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = common::open_after_drop(dir.path()).unwrap();
     let recovered = store.recover().unwrap();
     assert_eq!(recovered.sessions[0].queue, Some((10, 11)));
     assert_eq!(recovered.sessions[0].queue_len, 2);
@@ -155,7 +155,7 @@ fn recover_does_not_read_queued_values_but_queue_range_checks_them() {
 fn a_damaged_refcount_refuses_the_batch_and_changes_nothing() {
     let dir = populated();
     poke(dir.path(), "refcounts", &1u64.to_be_bytes(), Some(b"\x00"));
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = common::open_after_drop(dir.path()).unwrap();
     let before = store.recover().unwrap();
     let dequeue = Op::Dequeue {
         client_id: "c".into(),
@@ -184,28 +184,36 @@ fn another_schema_version_is_refused() {
         b"schema_version",
         Some(&2u64.to_be_bytes()),
     );
-    let err = SledStore::open(dir.path()).err().expect("must refuse");
+    let err = common::open_after_drop(dir.path())
+        .err()
+        .expect("must refuse");
     expect_corrupt::<()>(
         Err(err),
         "has schema version 2, but this build reads only version 1",
     );
 
     poke(dir.path(), "meta", b"schema_version", Some(b"v1"));
-    expect_corrupt(SledStore::open(dir.path()).map(|_| ()), "schema version");
+    expect_corrupt(
+        common::open_after_drop(dir.path()).map(|_| ()),
+        "schema version",
+    );
 
     poke(dir.path(), "meta", b"schema_version", None);
-    expect_corrupt(SledStore::open(dir.path()).map(|_| ()), "no schema version");
+    expect_corrupt(
+        common::open_after_drop(dir.path()).map(|_| ()),
+        "no schema version",
+    );
 }
 
 #[test]
 fn a_new_database_gets_the_current_schema_version() {
     let dir = tempfile::tempdir().unwrap();
-    drop(SledStore::open(dir.path()).unwrap());
+    drop(common::open_after_drop(dir.path()).unwrap());
     assert_eq!(
         peek(dir.path(), "meta", b"schema_version"),
         1u64.to_be_bytes()
     );
     // Reopening an empty database with its version is fine.
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = common::open_after_drop(dir.path()).unwrap();
     assert_eq!(store.recover().unwrap().next_message_id, 1);
 }

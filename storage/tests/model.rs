@@ -113,7 +113,7 @@ proptest! {
     #[test]
     fn stores_agree_with_the_model(batches in prop::collection::vec(batch(), 1..12)) {
         let dir = tempfile::tempdir().unwrap();
-        let sled = SledStore::open(dir.path()).unwrap();
+        let sled = common::open_after_drop(dir.path()).unwrap();
         let memory = MemoryStore::new();
         let mut model = Model::default();
         for batch in batches {
@@ -138,7 +138,7 @@ proptest! {
         }
         sled.flush().unwrap();
         drop(sled);
-        let reopened = SledStore::open(dir.path()).unwrap();
+        let reopened = common::open_after_drop(dir.path()).unwrap();
         check(&reopened, &model, "sled reopened")?;
         prop_assert_eq!(reopened.message_refcounts().unwrap(), model.refcounts());
     }

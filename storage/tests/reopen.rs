@@ -56,7 +56,7 @@ fn batches() -> Vec<Vec<Op>> {
 #[test]
 fn reopen_recovers_exactly_what_was_flushed() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = common::open_after_drop(dir.path()).unwrap();
     for batch in batches() {
         store.apply(batch).unwrap();
     }
@@ -81,7 +81,7 @@ fn reopen_recovers_exactly_what_was_flushed() {
     assert!(refcounts.values().any(|&n| n == 2));
     drop(store);
 
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = common::open_after_drop(dir.path()).unwrap();
     assert_eq!(store.recover().unwrap(), before);
     for (session, queue) in before.sessions.iter().zip(queues) {
         assert_eq!(
@@ -98,7 +98,7 @@ fn reopen_recovers_exactly_what_was_flushed() {
 #[test]
 fn message_ids_are_not_reused_after_their_messages_are_gone() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = common::open_after_drop(dir.path()).unwrap();
     store
         .apply(vec![
             Op::PutMessage {
@@ -121,16 +121,16 @@ fn message_ids_are_not_reused_after_their_messages_are_gone() {
     assert_eq!(store.message_refcounts().unwrap().len(), 0);
     store.flush().unwrap();
     drop(store);
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = common::open_after_drop(dir.path()).unwrap();
     assert_eq!(store.recover().unwrap().next_message_id, 42);
 }
 
 #[test]
 fn a_second_open_of_the_same_directory_is_refused_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let _store = SledStore::open(dir.path()).unwrap();
+    let _store = common::open_after_drop(dir.path()).unwrap();
     // sled locks its files; a second broker on the same data directory gets an error.
-    let err = SledStore::open(dir.path())
+    let err = common::open_after_drop(dir.path())
         .err()
         .expect("second open must fail");
     assert!(err.to_string().contains("could not acquire lock"), "{err}");

@@ -148,6 +148,12 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
         Some(path) => Some(Acl::load(path)?),
         None => None,
     };
+    if !config.webhooks.is_empty() {
+        tracing::warn!(
+            endpoints = config.webhooks.len(),
+            "webhooks are configured but not delivered yet: the bridge is not built"
+        );
+    }
     let (durable, recovered) = open_storage(&config)?;
     let retained = Retained::new(durable.clone(), stats.clone());
     retained.restore(

@@ -258,3 +258,23 @@ pub fn inflight_entry(message_id: u64, stamp: u64) -> InflightEntry {
         sequence: stamp,
     }
 }
+
+/// Opens a `SledStore`, retrying for a moment while the previous instance in this
+/// process still holds the database's file lock: sled releases it from a background
+/// thread shortly after the last handle is dropped, not during `drop`.
+pub fn open_after_drop(
+    path: &std::path::Path,
+) -> rookery_storage::StorageResult<rookery_storage::SledStore> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match rookery_storage::SledStore::open(path) {
+            Err(rookery_storage::StorageError::Io(message))
+                if message.contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
