@@ -3,7 +3,7 @@
 mod common;
 
 use common::{inflight_entry, message, queue_entry, session};
-use rookery_storage::{Op, SledStore, Store};
+use rookery_storage::{Op, Store};
 
 fn batches() -> Vec<Vec<Op>> {
     let clients = ["dev/1", "dev/2", "dev/10", "app"];
