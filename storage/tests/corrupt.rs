@@ -4,7 +4,7 @@
 mod common;
 
 use common::{inflight_entry, message, queue_entry, session};
-use rookery_storage::{Op, SledStore, StorageError, StorageResult, Store};
+use rookery_storage::{Op, StorageError, StorageResult, Store};
 use std::path::Path;
 
 /// A flushed database with one session `c`: two queued messages, one in flight, one

@@ -7,7 +7,7 @@ mod common;
 
 use common::{inflight_entry, message, queue_entry, session, Model};
 use proptest::prelude::*;
-use rookery_storage::{MemoryStore, Op, SledStore, StorageError, Store};
+use rookery_storage::{MemoryStore, Op, StorageError, Store};
 
 /// A few client ids, including a prefix of another ("a" / "ab") to catch range scans that
 /// run past their session, and rarely one with a NUL (always refused).
