@@ -1,6 +1,6 @@
 //! Rookery's persistence layer.
 //!
-//! The broker sees storage only through the traits in this crate, so that the in-memory
+//! The broker sees storage only through the `Store` trait of this crate, so that the in-memory
 //! implementation (used when `durability = "none"` and in tests) and the sled implementation
 //! (issue 4, [`SledStore`] — the only code in the workspace that touches sled) are
 //! interchangeable. Records are plain data with no broker types in them: the
@@ -12,7 +12,7 @@ mod records;
 mod sled_store;
 pub mod store;
 
-pub use memory::{MemoryRetainedStore, MemorySessionStore, MemoryStore};
+pub use memory::MemoryStore;
 pub use records::{StoredMessage, StoredSession, StoredSubscription};
 pub use sled_store::{SledOptions, SledStore};
 pub use store::{InflightEntry, Op, QueueEntry, Recovered, RecoveredSession, Store};
@@ -33,26 +33,3 @@ pub enum StorageError {
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;
-
-/// Retained messages, one per topic [MQTT-3.3.1-5].
-pub trait RetainedStore: Send + Sync {
-    /// Stores `message` as the retained message of its topic, replacing any previous one.
-    fn put(&self, message: StoredMessage) -> StorageResult<()>;
-    /// Removes the retained message of `topic` (a retained PUBLISH with an empty payload
-    /// [MQTT-3.3.1-6]).
-    fn remove(&self, topic: &str) -> StorageResult<()>;
-    /// Every retained message, for the broker to load into its in-memory index at start.
-    fn load_all(&self) -> StorageResult<Vec<StoredMessage>>;
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Persistent sessions: their subscriptions and expiry. (Queues and in-flight state join
-/// them in the storage issue.)
-pub trait SessionStore: Send + Sync {
-    fn save(&self, session: StoredSession) -> StorageResult<()>;
-    fn remove(&self, client_id: &str) -> StorageResult<()>;
-    fn load_all(&self) -> StorageResult<Vec<StoredSession>>;
-}
