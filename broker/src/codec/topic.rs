@@ -104,11 +104,6 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
     topic_levels.next().is_none()
 }
 
-/// Whether the filter contains a wildcard.
-pub fn has_wildcards(filter: &str) -> bool {
-    filter.contains(['+', '#'])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -242,14 +242,6 @@ impl Registry {
             .collect()
     }
 
-    /// Whether a session for `client_id` exists and is held by `connection_id`.
-    pub fn is_owner(&self, client_id: &str, connection_id: u64) -> bool {
-        self.lock()
-            .get(client_id)
-            .and_then(|e| e.owner.as_ref())
-            .is_some_and(|o| o.connection_id == connection_id)
-    }
-
     /// Whether a connection other than `connection_id` attached to this client id since
     /// (a reconnect cancels a delayed will [MQTT-3.1.3-9]).
     pub fn reconnected_since(&self, client_id: &str, connection_id: u64) -> bool {
