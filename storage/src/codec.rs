@@ -370,6 +370,54 @@ pub fn packet_key_id(key: &[u8], prefix_len: usize) -> StorageResult<u16> {
     Ok(u16::from_be_bytes(bytes))
 }
 
+/// A write to encode: tree index, key, value (`None` removes).
+pub type JournalWriteRef<'a> = (u8, &'a [u8], Option<&'a [u8]>);
+
+/// One journal record: the writes of one applied batch, as `(tree index, key, value)`
+/// with `None` for a removal, replayed in order at start-up (see `sled_store/staged.rs`).
+pub fn encode_journal(writes: &[JournalWriteRef<'_>]) -> Vec<u8> {
+    let size: usize = writes
+        .iter()
+        .map(|(_, k, v)| k.len() + v.map_or(0, <[u8]>::len) + 8)
+        .sum();
+    let mut w = Writer::new(size + 8);
+    w.varint(writes.len() as u64);
+    for (tree, key, value) in writes {
+        w.u8(*tree);
+        w.bytes(key);
+        match value {
+            None => w.u8(0),
+            Some(value) => {
+                w.u8(1);
+                w.bytes(value);
+            }
+        }
+    }
+    w.buf
+}
+
+/// A decoded journal write: tree index, key, value (`None` removes).
+pub type JournalWrite = (u8, Vec<u8>, Option<Vec<u8>>);
+
+pub fn decode_journal(buf: &[u8]) -> StorageResult<Vec<JournalWrite>> {
+    let mut r = Reader::new(buf, "journal record")?;
+    // Each write takes at least 3 bytes (tree, key length, tag).
+    let count = r.len(3)?;
+    let mut writes = Vec::with_capacity(count);
+    for _ in 0..count {
+        let tree = r.u8()?;
+        let key = r.slice()?.to_vec();
+        let value = match r.u8()? {
+            0 => None,
+            1 => Some(r.slice()?.to_vec()),
+            _ => return Err(r.err("invalid write tag")),
+        };
+        writes.push((tree, key, value));
+    }
+    r.finish()?;
+    Ok(writes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@ pub use store::{InflightEntry, Op, QueueEntry, Recovered, RecoveredSession, Stor
 
 /// Errors a store can report. A store error refuses the durable work that caused it and
 /// must leave what is already stored intact.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     #[error("storage I/O error: {0}")]
     Io(String),

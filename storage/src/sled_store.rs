@@ -3,17 +3,17 @@
 //! # Atomicity
 //!
 //! `apply` runs in two steps. First every op of the batch is evaluated, in order, against
-//! an overlay (the batch's pending writes, per tree) that reads through to sled: that is
-//! where reference counts are computed, entries replaced by a later op are found, and
-//! `RemoveSession` merges the stored range with what the batch itself added or removed.
-//! Nothing is written while this runs, so an invalid batch or a decoding error leaves the
-//! database untouched. Then the resulting plain inserts and removals are committed in one
-//! sled multi-tree transaction over all trees. sled seals a transaction's writes in its log
-//! as one batch, so after a crash recovery sees all of them or none (the crash test in
-//! `tests/crash.rs` kills a writer with SIGKILL to check exactly that). The transaction
-//! closure only replays the precomputed writes, so a retry (sled retries on conflicts)
-//! cannot apply anything twice; `apply` calls are serialised by a mutex, so in practice
-//! there are no conflicts.
+//! an overlay (the batch's pending writes, per tree) that reads through to what is stored:
+//! that is where reference counts are computed, entries replaced by a later op are found,
+//! and `RemoveSession` merges the stored range with what the batch itself added or
+//! removed. Nothing is written while this runs, so an invalid batch or a decoding error
+//! leaves the database untouched. Then the resulting plain inserts and removals are
+//! written as one record of the `journal` tree — a single sled insert, atomic by itself —
+//! and staged in memory; a background checkpoint later moves them into the trees in one
+//! sled multi-tree transaction (`sled_store/staged.rs` explains why and how, and how the
+//! journal is replayed at open). So after a crash recovery sees every batch up to some
+//! point, each whole or not at all (the crash test in `tests/crash.rs` kills a writer with
+//! SIGKILL to check exactly that). `apply` calls are serialised by a mutex.
 //!
 //! `apply` never fsyncs: `flush` does, once per group commit.
 //!
@@ -27,18 +27,21 @@
 use crate::codec;
 use crate::store::{check_client_id, QueueEntry, Recovered, RecoveredSession, SCHEMA_VERSION};
 use crate::{Op, StorageError, StorageResult, Store, StoredMessage};
-use sled::transaction::{TransactionError, Transactional};
 use sled::Tree;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// Keys in the `meta` tree.
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const NEXT_ID_KEY: &[u8] = b"next_message_id";
+/// The last journal record whose writes are in the trees.
+const CHECKPOINT_KEY: &[u8] = b"checkpointed_through";
 
-/// The trees, in the order of `TREE_NAMES`.
+/// The trees, in the order of `TREE_NAMES`. `Journal` is last: the checkpoint transaction
+/// covers the trees before it.
 #[derive(Clone, Copy, Debug)]
 enum T {
     Meta = 0,
@@ -49,12 +52,16 @@ enum T {
     Queues,
     Inflight,
     Incoming,
+    Journal,
 }
 
 mod batch;
+mod checkpoint;
+mod staged;
 use batch::Overlay;
+use staged::{Layers, Staged};
 
-const TREE_NAMES: [&str; 8] = [
+const TREE_NAMES: [&str; 9] = [
     "meta",
     "retained",
     "messages",
@@ -63,7 +70,11 @@ const TREE_NAMES: [&str; 8] = [
     "queues",
     "inflight",
     "incoming",
+    "journal",
 ];
+
+/// The trees that hold data (all but the journal).
+const DATA_TREES: usize = T::Journal as usize;
 
 /// Pending writes of one tree: `None` removes the key.
 type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
@@ -85,6 +96,15 @@ pub struct SledOptions {
     pub flush_every_ms: Option<u64>,
     /// sled's `Mode::HighThroughput` instead of `Mode::LowSpace`.
     pub high_throughput: bool,
+    /// A checkpoint starts when the staged writes are this old (default 500 ms): the
+    /// longer, the more queued-then-acknowledged messages never reach the trees, and the
+    /// longer the journal to replay after a crash.
+    pub checkpoint_interval: Duration,
+    /// ... or this large (default 8 MiB).
+    pub checkpoint_bytes: usize,
+    /// `apply` waits for the running checkpoint when the new staged writes reach this
+    /// size (default 64 MiB), which bounds the memory they take.
+    pub max_staged_bytes: usize,
 }
 
 impl Default for SledOptions {
@@ -93,18 +113,39 @@ impl Default for SledOptions {
             cache_capacity: 8 * 1024 * 1024,
             flush_every_ms: None,
             high_throughput: false,
+            checkpoint_interval: Duration::from_millis(500),
+            checkpoint_bytes: 8 * 1024 * 1024,
+            max_staged_bytes: 64 * 1024 * 1024,
         }
     }
 }
 
 pub struct SledStore {
+    shared: Arc<Shared>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What `apply` owns (under `Shared::apply_lock`).
+struct ApplyState {
+    /// The id high-water mark: no message id >= it was ever put, so a `PutMessage` of
+    /// such an id needs no lookup.
+    high_water: u64,
+    /// The number of the next journal record.
+    next_journal: u64,
+}
+
+/// The store's state, shared with the checkpoint thread.
+struct Shared {
     db: sled::Db,
     /// Indexed by `T`.
     trees: Vec<Tree>,
-    /// Serialises `apply` (the overlay reads the trees outside the transaction, which is
-    /// only sound if no other batch commits in between) and holds the id high-water mark:
-    /// no message id >= it was ever put, so a `PutMessage` of such an id needs no lookup.
-    apply_lock: Mutex<u64>,
+    /// Serialises `apply` (the overlay reads outside any transaction, which is only sound
+    /// if no other batch is staged in between).
+    apply_lock: Mutex<ApplyState>,
+    layers: Mutex<Layers>,
+    /// Signalled when a layer is frozen, a checkpoint ends, or the store shuts down.
+    layers_changed: Condvar,
+    options: SledOptions,
     path: PathBuf,
     /// Last size sled reported, returned if asking again fails.
     last_size: AtomicU64,
@@ -163,16 +204,118 @@ impl SledStore {
             .map(|name| db.open_tree(name))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| sled_error(&context, e))?;
-        let store = SledStore {
+        let shared = Arc::new(Shared {
             db,
             trees,
-            apply_lock: Mutex::new(0),
+            apply_lock: Mutex::new(ApplyState {
+                high_water: 0,
+                next_journal: 1,
+            }),
+            layers: Mutex::new(Layers::new(DATA_TREES)),
+            layers_changed: Condvar::new(),
+            options: options.clone(),
             path,
             last_size: AtomicU64::new(0),
+        });
+        shared.check_schema()?;
+        let worker = shared.clone();
+        let checkpointer = std::thread::Builder::new()
+            .name("rookery-checkpoint".into())
+            .spawn(move || worker.run_checkpoints())
+            .map_err(|e| StorageError::Io(format!("starting the checkpoint thread: {e}")))?;
+        let store = SledStore {
+            shared,
+            checkpointer: Some(checkpointer),
         };
-        store.check_schema()?;
-        *store.apply_lock.lock().unwrap_or_else(|e| e.into_inner()) = store.next_message_id()?;
+        store.shared.replay_journal()?;
+        let high_water = store.shared.next_message_id()?;
+        store.shared.apply_state().high_water = high_water;
         Ok(store)
+    }
+
+    /// Where the database lives (`dir/db`).
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Writes every staged batch into the trees now (it happens by itself in the
+    /// background; this is for tests and tools that read the trees).
+    pub fn checkpoint(&self) -> StorageResult<()> {
+        self.shared.checkpoint_now()
+    }
+
+    /// Every stored message id with its reference count — for tests and consistency checks
+    /// (a leaked message is invisible through [`Store`]). Fails with `Corrupt` if the
+    /// `messages` and `refcounts` trees disagree on which ids exist.
+    pub fn message_refcounts(&self) -> StorageResult<BTreeMap<u64, u64>> {
+        self.checkpoint()?;
+        let shared = &self.shared;
+        let mut counts = BTreeMap::new();
+        for kv in shared.tree(T::Refcounts).iter() {
+            let (key, value) = kv.map_err(|e| sled_error("reading reference counts", e))?;
+            let id = codec::decode_u64(&key, "reference count key")?;
+            counts.insert(id, codec::decode_u64(&value, "reference count")?);
+        }
+        let mut ids = Vec::with_capacity(counts.len());
+        for key in shared.tree(T::Messages).iter().keys() {
+            let key = key.map_err(|e| sled_error("reading message ids", e))?;
+            ids.push(codec::decode_u64(&key, "message key")?);
+        }
+        if !ids.iter().eq(counts.keys()) {
+            return Err(StorageError::Corrupt(format!(
+                "messages {ids:?} and reference counts {:?} disagree",
+                counts.keys().collect::<Vec<_>>()
+            )));
+        }
+        Ok(counts)
+    }
+}
+
+impl Drop for SledStore {
+    /// Checkpoints what is staged (so that the trees alone hold everything after a clean
+    /// close), then stops the checkpoint thread.
+    fn drop(&mut self) {
+        let _ = self.shared.checkpoint_now();
+        self.shared.layers().shutdown = true;
+        self.shared.layers_changed.notify_all();
+        if let Some(thread) = self.checkpointer.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Shared {
+    fn tree(&self, t: T) -> &Tree {
+        &self.trees[t as usize]
+    }
+
+    fn apply_state(&self) -> MutexGuard<'_, ApplyState> {
+        self.apply_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn layers(&self) -> MutexGuard<'_, Layers> {
+        self.layers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current value of `key`: staged layers first, then the tree. Also says whether
+    /// the key has a value below the active layer (`None` if it is staged there, in which
+    /// case the staged entry knows).
+    fn get_layered(&self, t: T, key: &[u8]) -> StorageResult<(Option<Vec<u8>>, Option<bool>)> {
+        match self.layers().lookup(t as usize, key) {
+            Staged::Active(value) => return Ok((value, None)),
+            Staged::Frozen(value) => {
+                let below = value.is_some();
+                return Ok((value, Some(below)));
+            }
+            Staged::No => {}
+        }
+        let value = self
+            .tree(t)
+            .get(key)
+            .map_err(|e| sled_error("reading", e))?
+            .map(|v| v.to_vec());
+        let below = value.is_some();
+        Ok((value, Some(below)))
     }
 
     /// Writes the schema version into a new database, refuses any other version.
@@ -207,81 +350,16 @@ impl SledStore {
         Ok(())
     }
 
-    fn tree(&self, t: T) -> &Tree {
-        &self.trees[t as usize]
-    }
-
-    /// Where the database lives (`dir/db`).
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Every stored message id with its reference count — for tests and consistency checks
-    /// (a leaked message is invisible through [`Store`]). Fails with `Corrupt` if the
-    /// `messages` and `refcounts` trees disagree on which ids exist.
-    pub fn message_refcounts(&self) -> StorageResult<BTreeMap<u64, u64>> {
-        let mut counts = BTreeMap::new();
-        for kv in self.tree(T::Refcounts).iter() {
-            let (key, value) = kv.map_err(|e| sled_error("reading reference counts", e))?;
-            let id = codec::decode_u64(&key, "reference count key")?;
-            counts.insert(id, codec::decode_u64(&value, "reference count")?);
-        }
-        let mut ids = Vec::with_capacity(counts.len());
-        for key in self.tree(T::Messages).iter().keys() {
-            let key = key.map_err(|e| sled_error("reading message ids", e))?;
-            ids.push(codec::decode_u64(&key, "message key")?);
-        }
-        if !ids.iter().eq(counts.keys()) {
-            return Err(StorageError::Corrupt(format!(
-                "messages {ids:?} and reference counts {:?} disagree",
-                counts.keys().collect::<Vec<_>>()
-            )));
-        }
-        Ok(counts)
-    }
-
     /// The stored message `id`, which an entry at `what` names.
     fn message(&self, id: u64, what: &dyn std::fmt::Display) -> StorageResult<StoredMessage> {
-        let value = self
-            .tree(T::Messages)
-            .get(id.to_be_bytes())
-            .map_err(|e| sled_error("reading a message", e))?
-            .ok_or_else(|| {
-                StorageError::Corrupt(format!("{what} names message {id}, which is not stored"))
-            })?;
+        let (value, _) = self.get_layered(T::Messages, &id.to_be_bytes())?;
+        let value = value.ok_or_else(|| {
+            StorageError::Corrupt(format!("{what} names message {id}, which is not stored"))
+        })?;
         codec::decode_message(&value)
     }
 
-    fn commit(&self, writes: Vec<Writes>) -> StorageResult<()> {
-        let batches: Vec<(usize, sled::Batch)> = writes
-            .into_iter()
-            .enumerate()
-            .filter(|(_, w)| !w.is_empty())
-            .map(|(i, w)| {
-                let mut batch = sled::Batch::default();
-                for (key, value) in w {
-                    match value {
-                        Some(value) => batch.insert(key, value),
-                        None => batch.remove(key),
-                    }
-                }
-                (i, batch)
-            })
-            .collect();
-        if batches.is_empty() {
-            return Ok(());
-        }
-        let result: Result<(), TransactionError<()>> = self.trees.as_slice().transaction(|views| {
-            for (i, batch) in &batches {
-                views[*i].apply_batch(batch)?;
-            }
-            Ok(())
-        });
-        result.map_err(|e| match e {
-            TransactionError::Storage(e) => sled_error("committing a batch", e),
-            TransactionError::Abort(()) => StorageError::Io("batch transaction aborted".into()),
-        })
-    }
+    // The readers below see only the trees: `recover` checkpoints first.
 
     fn count_queue(&self, prefix: &[u8]) -> StorageResult<(Option<(u64, u64)>, u64)> {
         let mut bounds = None;
@@ -356,39 +434,51 @@ impl SledStore {
 
 impl Store for SledStore {
     fn apply(&self, batch: Vec<Op>) -> StorageResult<()> {
-        let mut high_water = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut overlay = Overlay::new(self, *high_water);
+        let shared = &self.shared;
+        let mut state = shared.apply_state();
+        if let Some(error) = &shared.layers().checkpoint_error {
+            return Err(error.clone());
+        }
+        let mut overlay = Overlay::new(shared, state.high_water);
         for op in &batch {
             overlay.op(op)?;
         }
-        let (writes, new_high_water) = overlay.finish()?;
-        self.commit(writes)?;
-        *high_water = new_high_water;
+        let resolved = overlay.finish()?;
+        if !resolved.is_empty() {
+            let number = state.next_journal;
+            shared.journal(number, &resolved)?;
+            state.next_journal += 1;
+            shared.stage(resolved.writes, &resolved.in_base, number);
+        }
+        state.high_water = resolved.high_water;
         Ok(())
     }
 
     fn flush(&self) -> StorageResult<()> {
-        self.db
+        self.shared
+            .db
             .flush()
             .map(|_| ())
             .map_err(|e| sled_error("flushing", e))
     }
 
     fn recover(&self) -> StorageResult<Recovered> {
+        self.checkpoint()?;
+        let shared = &self.shared;
         let mut retained = Vec::new();
-        for value in self.tree(T::Retained).iter().values() {
+        for value in shared.tree(T::Retained).iter().values() {
             let value = value.map_err(|e| sled_error("reading retained messages", e))?;
             retained.push(codec::decode_message(&value)?);
         }
         let mut sessions = Vec::new();
-        for kv in self.tree(T::Sessions).iter() {
+        for kv in shared.tree(T::Sessions).iter() {
             let (key, value) = kv.map_err(|e| sled_error("reading sessions", e))?;
-            sessions.push(self.recover_session(&key, &value)?);
+            sessions.push(shared.recover_session(&key, &value)?);
         }
         Ok(Recovered {
             retained,
             sessions,
-            next_message_id: self.next_message_id()?,
+            next_message_id: shared.next_message_id()?,
         })
     }
 
@@ -399,28 +489,46 @@ impl Store for SledStore {
         limit: usize,
     ) -> StorageResult<Vec<(u64, QueueEntry, StoredMessage)>> {
         check_client_id(client_id)?;
+        let shared = &self.shared;
         let prefix_len = client_id.len() + 1;
         let start = codec::queue_key(client_id, from);
         let end = codec::queue_key(client_id, u64::MAX);
-        let mut out = Vec::new();
-        for kv in self.tree(T::Queues).range(start..=end).take(limit) {
+        // The first `limit` live entries are among the staged ones and the first
+        // `limit + staged removals` of the tree.
+        let staged = shared.layers().range(T::Queues as usize, &start, &end);
+        let removals = staged.values().filter(|v| v.is_none()).count();
+        let mut merged = BTreeMap::new();
+        for kv in shared
+            .tree(T::Queues)
+            .range(start..=end)
+            .take(limit.saturating_add(removals))
+        {
             let (key, value) = kv.map_err(|e| sled_error("reading a queue", e))?;
+            merged.insert(key.to_vec(), Some(value.to_vec()));
+        }
+        merged.extend(staged);
+        let mut out = Vec::new();
+        for (key, value) in merged.into_iter().filter_map(|(k, v)| Some((k, v?))) {
+            if out.len() >= limit {
+                break;
+            }
             let sequence = codec::queue_key_sequence(&key, prefix_len)?;
             let entry = codec::decode_queue_entry(&value)?;
             let what = format!("queue entry {client_id}/{sequence}");
-            let message = self.message(entry.message_id, &what)?;
+            let message = shared.message(entry.message_id, &what)?;
             out.push((sequence, entry, message));
         }
         Ok(out)
     }
 
     fn size_on_disk(&self) -> u64 {
-        match self.db.size_on_disk() {
+        let shared = &self.shared;
+        match shared.db.size_on_disk() {
             Ok(size) => {
-                self.last_size.store(size, Ordering::Relaxed);
+                shared.last_size.store(size, Ordering::Relaxed);
                 size
             }
-            Err(_) => self.last_size.load(Ordering::Relaxed),
+            Err(_) => shared.last_size.load(Ordering::Relaxed),
         }
     }
 }
@@ -476,7 +584,9 @@ mod tests {
             ])
             .unwrap();
         // Message 2 was never referenced: gone at the end of its batch.
+        store.checkpoint().unwrap();
         assert!(store
+            .shared
             .tree(T::Messages)
             .get(2u64.to_be_bytes())
             .unwrap()
@@ -506,7 +616,9 @@ mod tests {
                 },
             ])
             .unwrap();
+        store.checkpoint().unwrap();
         let refs = store
+            .shared
             .tree(T::Refcounts)
             .get(1u64.to_be_bytes())
             .unwrap()
@@ -518,8 +630,9 @@ mod tests {
                 packet_id: 1,
             }])
             .unwrap();
-        assert!(store.tree(T::Messages).is_empty());
-        assert!(store.tree(T::Refcounts).is_empty());
+        store.checkpoint().unwrap();
+        assert!(store.shared.tree(T::Messages).is_empty());
+        assert!(store.shared.tree(T::Refcounts).is_empty());
         assert_eq!(store.recover().unwrap().next_message_id, 3);
     }
 

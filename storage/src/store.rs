@@ -11,7 +11,7 @@
 //!
 //! | tree          | key                                   | value                       |
 //! |---------------|---------------------------------------|-----------------------------|
-//! | `meta`        | `schema_version`, `next_message_id`   | u64 big-endian              |
+//! | `meta`        | `schema_version`, `next_message_id`, `checkpointed_through` | u64 big-endian |
 //! | `retained`    | topic (UTF-8)                         | `StoredMessage`             |
 //! | `messages`    | message id (u64 BE)                   | `StoredMessage`             |
 //! | `refcounts`   | message id (u64 BE)                   | reference count, u64 BE     |
@@ -19,6 +19,12 @@
 //! | `queues`      | client id, 0x00, sequence (u64 BE)    | `QueueEntry`                |
 //! | `inflight`    | client id, 0x00, packet id (u16 BE)   | `InflightEntry`             |
 //! | `incoming`    | client id, 0x00, packet id (u16 BE)   | empty (QoS 2 awaiting PUBREL) |
+//! | `journal`     | record number (u64 BE)                | one batch's resolved writes |
+//!
+//! The `journal` holds batches applied since the last checkpoint (each as the key writes it
+//! resolved to, `codec::encode_journal`); a background checkpoint moves them into the other
+//! trees and records `checkpointed_through` (`sled_store/staged.rs`). Schema version 2 added
+//! it; a version 1 database is refused rather than read without its journal semantics.
 //!
 //! Reference counts live in their own tree, beside the message rather than in front of it,
 //! so that acknowledging one copy of a message shared by many sessions rewrites 8 bytes,
@@ -33,7 +39,7 @@
 use crate::{StorageError, StorageResult, StoredMessage, StoredSession};
 
 /// Current on-disk schema. Opening a database with another version is refused.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// One message waiting in an offline (or not yet delivered) session queue.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,19 +2,24 @@
 //! "Atomicity"): reference counting, replaced entries, session removal, and the end-of-batch
 //! clean-up, all without writing to sled.
 
-use super::{sled_error, SledStore, Writes, NEXT_ID_KEY, T, TREE_NAMES};
+use super::{sled_error, Shared, Writes, DATA_TREES, NEXT_ID_KEY, T};
 use crate::codec;
 use crate::store::check_client_id;
 use crate::{Op, StorageError, StorageResult};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-/// A batch being evaluated: pending writes per tree over what sled holds.
+/// A batch being evaluated: pending writes per tree over what is stored (staged layers,
+/// then the trees).
 pub(super) struct Overlay<'a> {
-    store: &'a SledStore,
+    store: &'a Shared,
     writes: Vec<Writes>,
-    /// Keys found absent from sled (per tree): removing one after the batch put it needs
-    /// no write at all (an entry put and removed within one group commit costs nothing).
+    /// Keys found absent from the store (per tree): removing one after the batch put it
+    /// needs no write at all (an entry put and removed within one group commit costs
+    /// nothing).
     absent: Vec<BTreeSet<Vec<u8>>>,
+    /// Keys known to have (true) or not to have (false) a value below the active staged
+    /// layer, per tree: see `staged.rs`.
+    in_base: Vec<HashMap<Vec<u8>, bool>>,
     /// Reference counts read or changed by this batch: (stored before, current).
     counts: BTreeMap<u64, (Option<u64>, u64)>,
     /// The store's id high-water mark before the batch (see `SledStore::apply_lock`).
@@ -24,11 +29,12 @@ pub(super) struct Overlay<'a> {
 }
 
 impl<'a> Overlay<'a> {
-    pub(super) fn new(store: &'a SledStore, fresh_from: u64) -> Overlay<'a> {
+    pub(super) fn new(store: &'a Shared, fresh_from: u64) -> Overlay<'a> {
         Overlay {
             store,
-            writes: vec![BTreeMap::new(); TREE_NAMES.len()],
-            absent: vec![BTreeSet::new(); TREE_NAMES.len()],
+            writes: vec![BTreeMap::new(); DATA_TREES],
+            absent: vec![BTreeSet::new(); DATA_TREES],
+            in_base: vec![HashMap::new(); DATA_TREES],
             counts: BTreeMap::new(),
             fresh_from,
             next_id: 0,
@@ -39,15 +45,14 @@ impl<'a> Overlay<'a> {
         if let Some(pending) = self.writes[t as usize].get(key) {
             return Ok(pending.clone());
         }
-        let value = self
-            .store
-            .tree(t)
-            .get(key)
-            .map_err(|e| sled_error("reading during a batch", e))?;
+        let (value, below) = self.store.get_layered(t, key)?;
+        if let Some(below) = below {
+            self.in_base[t as usize].insert(key.to_vec(), below);
+        }
         if value.is_none() {
             self.absent[t as usize].insert(key.to_vec());
         }
-        Ok(value.map(|v| v.to_vec()))
+        Ok(value)
     }
 
     fn put(&mut self, t: T, key: Vec<u8>, value: Vec<u8>) {
@@ -64,6 +69,12 @@ impl<'a> Overlay<'a> {
         for kv in self.store.tree(t).scan_prefix(prefix) {
             let (key, value) = kv.map_err(|e| sled_error("scanning during a batch", e))?;
             merged.insert(key.to_vec(), value.to_vec());
+        }
+        for (key, value) in self.store.layers().prefixed(t as usize, prefix) {
+            match value {
+                Some(value) => merged.insert(key, value),
+                None => merged.remove(&key),
+            };
         }
         let pending = self.writes[t as usize]
             .range(prefix.to_vec()..)
@@ -82,11 +93,7 @@ impl<'a> Overlay<'a> {
         if let Some(&(_, current)) = self.counts.get(&id) {
             return Ok(Some(current));
         }
-        let stored = self
-            .store
-            .tree(T::Refcounts)
-            .get(id.to_be_bytes())
-            .map_err(|e| sled_error("reading a reference count", e))?;
+        let stored = self.get(T::Refcounts, &id.to_be_bytes())?;
         match stored {
             None => Ok(None),
             Some(v) => {
@@ -179,6 +186,13 @@ impl<'a> Overlay<'a> {
                 // Below u64::MAX the mark is exact (not saturated), so ids at or above it
                 // were never put: no need to look for an existing count.
                 let fresh = *id >= self.fresh_from && self.fresh_from < u64::MAX;
+                if fresh {
+                    for t in [T::Messages, T::Refcounts] {
+                        self.in_base[t as usize]
+                            .entry(id.to_be_bytes().to_vec())
+                            .or_insert(false);
+                    }
+                }
                 if !self.counts.contains_key(id) && (fresh || self.count(*id)?.is_none()) {
                     self.counts.insert(*id, (None, 0));
                 }
@@ -244,7 +258,7 @@ impl<'a> Overlay<'a> {
 
     /// End of batch: write changed counts, delete unreferenced messages, raise the id
     /// high-water mark.
-    pub(super) fn finish(mut self) -> StorageResult<(Vec<Writes>, u64)> {
+    pub(super) fn finish(mut self) -> StorageResult<Resolved> {
         for (id, (stored, current)) in std::mem::take(&mut self.counts) {
             let key = id.to_be_bytes().to_vec();
             match (stored, current) {
@@ -272,8 +286,26 @@ impl<'a> Overlay<'a> {
         for (writes, absent) in self.writes.iter_mut().zip(&self.absent) {
             writes.retain(|key, value| value.is_some() || !absent.contains(key));
         }
-        let high_water = self.fresh_from.max(self.next_id);
-        Ok((self.writes, high_water))
+        Ok(Resolved {
+            high_water: self.fresh_from.max(self.next_id),
+            writes: self.writes,
+            in_base: self.in_base,
+        })
+    }
+}
+
+/// A batch resolved to plain writes, ready to be journaled and staged.
+pub(super) struct Resolved {
+    /// Per tree (indexed like `T`, without the journal).
+    pub writes: Vec<Writes>,
+    /// What the batch learnt about the keys' presence below the active layer.
+    pub in_base: Vec<HashMap<Vec<u8>, bool>>,
+    pub high_water: u64,
+}
+
+impl Resolved {
+    pub fn is_empty(&self) -> bool {
+        self.writes.iter().all(BTreeMap::is_empty)
     }
 }
 

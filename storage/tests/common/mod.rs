@@ -265,9 +265,16 @@ pub fn inflight_entry(message_id: u64, stamp: u64) -> InflightEntry {
 pub fn open_after_drop(
     path: &std::path::Path,
 ) -> rookery_storage::StorageResult<rookery_storage::SledStore> {
+    open_with_after_drop(path, &rookery_storage::SledOptions::default())
+}
+
+pub fn open_with_after_drop(
+    path: &std::path::Path,
+    options: &rookery_storage::SledOptions,
+) -> rookery_storage::StorageResult<rookery_storage::SledStore> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        match rookery_storage::SledStore::open(path) {
+        match rookery_storage::SledStore::open_with(path, options) {
             Err(rookery_storage::StorageError::Io(message))
                 if message.contains("could not acquire lock")
                     && std::time::Instant::now() < deadline =>

@@ -1,0 +1,223 @@
+//! Journal records, staging, checkpoints and journal replay (see `staged.rs`).
+
+use super::batch::Resolved;
+use super::staged::Layer;
+use super::{sled_error, Shared, Writes, CHECKPOINT_KEY, DATA_TREES, T};
+use crate::codec;
+use crate::{StorageError, StorageResult};
+use sled::transaction::{TransactionError, Transactional};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How long the checkpoint thread waits before retrying a failed checkpoint.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+impl Shared {
+    /// Writes the journal record `number` of a resolved batch (one sled insert).
+    pub(super) fn journal(&self, number: u64, resolved: &Resolved) -> StorageResult<()> {
+        let writes: Vec<codec::JournalWriteRef<'_>> = resolved
+            .writes
+            .iter()
+            .enumerate()
+            .flat_map(|(tree, writes)| {
+                writes
+                    .iter()
+                    .map(move |(k, v)| (tree as u8, k.as_slice(), v.as_deref()))
+            })
+            .collect();
+        let record = codec::encode_journal(&writes);
+        self.tree(T::Journal)
+            .insert(number.to_be_bytes(), record)
+            .map_err(|e| sled_error("writing the journal", e))?;
+        Ok(())
+    }
+
+    /// Stages a journaled batch in the active layer, freezing it for a checkpoint when it
+    /// is old or large enough, and waiting for the running checkpoint when the staged
+    /// writes reach `max_staged_bytes`.
+    pub(super) fn stage(
+        &self,
+        writes: Vec<Writes>,
+        in_base: &[HashMap<Vec<u8>, bool>],
+        number: u64,
+    ) {
+        let mut layers = self.layers();
+        for (tree, writes) in writes.into_iter().enumerate() {
+            for (key, value) in writes {
+                let below = in_base[tree].get(&key).copied().unwrap_or(true);
+                layers.stage(tree, key, value, below);
+            }
+        }
+        let options = &self.options;
+        while layers.frozen.is_some()
+            && layers.active_bytes >= options.max_staged_bytes
+            && layers.checkpoint_error.is_none()
+        {
+            layers = self
+                .layers_changed
+                .wait(layers)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        let due = layers.active_bytes >= options.checkpoint_bytes
+            || layers
+                .active_since
+                .is_some_and(|since| since.elapsed() >= options.checkpoint_interval);
+        if due && layers.frozen.is_none() {
+            layers.freeze(number);
+            self.layers_changed.notify_all();
+        }
+    }
+
+    /// Freezes whatever is staged and waits until it is in the trees. The caller must not
+    /// hold the apply lock (this takes it, so that no batch is staged meanwhile).
+    pub(super) fn checkpoint_now(&self) -> StorageResult<()> {
+        let state = self.apply_state();
+        let mut layers = self.layers();
+        loop {
+            if let Some(error) = &layers.checkpoint_error {
+                return Err(error.clone());
+            }
+            if layers.frozen.is_none() {
+                if layers.active_is_empty() {
+                    return Ok(());
+                }
+                layers.freeze(state.next_journal - 1);
+                self.layers_changed.notify_all();
+            }
+            layers = self
+                .layers_changed
+                .wait(layers)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The checkpoint thread: writes each frozen layer into the trees.
+    pub(super) fn run_checkpoints(&self) {
+        loop {
+            let (layer, through) = {
+                let mut layers = self.layers();
+                while layers.frozen.is_none() && !layers.shutdown {
+                    layers = self
+                        .layers_changed
+                        .wait(layers)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                match &layers.frozen {
+                    Some(layer) => (layer.clone(), layers.frozen_through),
+                    None => return,
+                }
+            };
+            let result = self.write_layer(&layer, through);
+            let mut layers = self.layers();
+            match result {
+                Ok(()) => {
+                    layers.frozen = None;
+                    layers.checkpoint_error = None;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "checkpoint failed; retrying");
+                    layers.checkpoint_error = Some(error);
+                }
+            }
+            let failed = layers.checkpoint_error.is_some();
+            let shutdown = layers.shutdown;
+            drop(layers);
+            self.layers_changed.notify_all();
+            if failed {
+                if shutdown {
+                    return;
+                }
+                std::thread::sleep(RETRY_AFTER);
+            }
+        }
+    }
+
+    /// One checkpoint: the layer's writes and the journal position they cover in one
+    /// transaction, a flush, then the removal of the journal records it covers (after the
+    /// flush, so that a crash never finds records removed whose writes are not durable).
+    fn write_layer(&self, layer: &Layer, through: u64) -> StorageResult<()> {
+        let batches: Vec<(usize, sled::Batch)> = layer
+            .iter()
+            .enumerate()
+            .filter(|(_, writes)| !writes.is_empty())
+            .map(|(i, writes)| {
+                let mut batch = sled::Batch::default();
+                for (key, staged) in writes {
+                    match &staged.value {
+                        Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+                        None => batch.remove(key.as_slice()),
+                    }
+                }
+                (i, batch)
+            })
+            .collect();
+        let data_trees = &self.trees[..DATA_TREES];
+        let result: Result<(), TransactionError<()>> = data_trees.transaction(|views| {
+            for (i, batch) in &batches {
+                views[*i].apply_batch(batch)?;
+            }
+            views[T::Meta as usize].insert(CHECKPOINT_KEY, through.to_be_bytes().to_vec())?;
+            Ok(())
+        });
+        result.map_err(|e| match e {
+            TransactionError::Storage(e) => sled_error("writing a checkpoint", e),
+            TransactionError::Abort(()) => {
+                StorageError::Io("checkpoint transaction aborted".into())
+            }
+        })?;
+        self.db
+            .flush()
+            .map_err(|e| sled_error("flushing a checkpoint", e))?;
+        self.remove_journal_through(through)
+    }
+
+    fn remove_journal_through(&self, through: u64) -> StorageResult<()> {
+        let journal = self.tree(T::Journal);
+        let mut batch = sled::Batch::default();
+        for key in journal.range(..=through.to_be_bytes()).keys() {
+            let key = key.map_err(|e| sled_error("reading the journal", e))?;
+            batch.remove(key);
+        }
+        journal
+            .apply_batch(batch)
+            .map_err(|e| sled_error("trimming the journal", e))
+    }
+
+    fn checkpointed_through(&self) -> StorageResult<u64> {
+        match self
+            .tree(T::Meta)
+            .get(CHECKPOINT_KEY)
+            .map_err(|e| sled_error("reading the checkpoint position", e))?
+        {
+            Some(v) => codec::decode_u64(&v, "checkpoint position"),
+            None => Ok(0),
+        }
+    }
+
+    /// At open: stages the journal records written after the last checkpoint, in order,
+    /// and checkpoints them; removes records the last checkpoint already covers.
+    pub(super) fn replay_journal(&self) -> StorageResult<()> {
+        let through = self.checkpointed_through()?;
+        self.remove_journal_through(through)?;
+        let mut last = through;
+        {
+            let mut layers = self.layers();
+            for kv in self.tree(T::Journal).iter() {
+                let (key, value) = kv.map_err(|e| sled_error("reading the journal", e))?;
+                let number = codec::decode_u64(&key, "journal key")?;
+                for (tree, key, value) in codec::decode_journal(&value)? {
+                    if usize::from(tree) >= DATA_TREES {
+                        return Err(StorageError::Corrupt(format!(
+                            "journal record {number} writes to unknown tree {tree}"
+                        )));
+                    }
+                    // Unknown presence below: removals are kept.
+                    layers.stage(usize::from(tree), key, value, true);
+                }
+                last = number;
+            }
+        }
+        self.apply_state().next_journal = last + 1;
+        self.checkpoint_now()
+    }
+}

@@ -1,0 +1,170 @@
+//! The journal and the staged layers: why a group commit costs one sled write.
+//!
+//! sled 0.34 costs 6–7 µs per written key on the 2-core development VM
+//! (`examples/sled_modes.rs`), whether the keys go in one transaction or one batch per
+//! tree, and a stored message takes about six keys (message, reference count and queue
+//! entry when it is queued; their removal when it is acknowledged): ~40 µs per message,
+//! which capped `strict` durability at ~25k messages/s per core. Yet most of those writes
+//! are undone a few milliseconds later, when an online subscriber acknowledges.
+//!
+//! So `apply` stores the key writes a batch resolves to (the overlay of `batch.rs`) as
+//! **one journal record** (one sled key in the `journal` tree, flushed with the group
+//! commit) and keeps them in memory in the **active layer**. Later batches read through
+//! the active layer, and removing a key that exists only there drops it from the layer:
+//! a message queued and acknowledged between two checkpoints never reaches the trees.
+//!
+//! A **checkpoint** runs every `checkpoint_interval` or once the active layer holds
+//! `checkpoint_bytes`: the active layer is frozen, and a background thread writes what is
+//! left of it into the trees in one sled transaction together with the number of the last
+//! journal record it covers (`meta/checkpointed_through`), flushes, and only then deletes
+//! the covered journal records. Reads look at the active layer, then the frozen one, then
+//! the trees. If the frozen layer is still being written when the active one reaches
+//! `max_staged_bytes`, `apply` waits: memory stays bounded.
+//!
+//! At open, journal records after `checkpointed_through` are replayed into the active
+//! layer in order and checkpointed; records at or below it (deleted after a crash cut
+//! their removal short) are skipped. Replay re-applies resolved writes, not operations,
+//! so it cannot fail validation or resolve differently.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A staged value: `None` removes the key. `in_base`: the key has a value in the layers
+/// below the active one (frozen layer or trees). A removal of a key that is not in the
+/// base is dropped from the layer instead of being kept as a tombstone.
+#[derive(Debug, Clone)]
+pub(super) struct StagedValue {
+    pub value: Option<Vec<u8>>,
+    pub in_base: bool,
+}
+
+/// One layer: per tree (indexed like `T`), key → staged value.
+pub(super) type Layer = Vec<BTreeMap<Vec<u8>, StagedValue>>;
+
+/// What a staged lookup found.
+pub(super) enum Staged {
+    /// In the active layer (whose entry knows whether the key is in the base below).
+    Active(Option<Vec<u8>>),
+    /// In the frozen layer (so the key's presence below the active layer is
+    /// `value.is_some()`).
+    Frozen(Option<Vec<u8>>),
+    /// Not staged: read the trees.
+    No,
+}
+
+pub(super) struct Layers {
+    pub active: Layer,
+    /// Approximate bytes added to the active layer since it was last frozen.
+    pub active_bytes: usize,
+    /// When the active layer received its first write since it was last frozen.
+    pub active_since: Option<Instant>,
+    /// The layer the checkpoint thread is writing.
+    pub frozen: Option<Arc<Layer>>,
+    /// The last journal record whose writes are in `frozen` (or in the trees).
+    pub frozen_through: u64,
+    /// The last checkpoint's error, until one succeeds: `apply` refuses new work with it.
+    pub checkpoint_error: Option<crate::StorageError>,
+    pub shutdown: bool,
+}
+
+impl Layers {
+    pub fn new(trees: usize) -> Layers {
+        Layers {
+            active: vec![BTreeMap::new(); trees],
+            active_bytes: 0,
+            active_since: None,
+            frozen: None,
+            frozen_through: 0,
+            checkpoint_error: None,
+            shutdown: false,
+        }
+    }
+
+    pub fn lookup(&self, tree: usize, key: &[u8]) -> Staged {
+        if let Some(staged) = self.active[tree].get(key) {
+            return Staged::Active(staged.value.clone());
+        }
+        match self.frozen.as_ref().and_then(|f| f[tree].get(key)) {
+            Some(staged) => Staged::Frozen(staged.value.clone()),
+            None => Staged::No,
+        }
+    }
+
+    /// Stages one resolved write. `in_base`: whether the key has a value below the active
+    /// layer, if the batch knows (it read the key); unknown counts as yes, which at worst
+    /// writes a removal of a key that is not there.
+    pub fn stage(&mut self, tree: usize, key: Vec<u8>, value: Option<Vec<u8>>, in_base: bool) {
+        self.active_bytes += key.len() + value.as_ref().map_or(0, Vec::len) + 32;
+        self.active_since.get_or_insert_with(Instant::now);
+        let layer = &mut self.active[tree];
+        match layer.get_mut(&key) {
+            Some(staged) if value.is_none() && !staged.in_base => {
+                layer.remove(&key);
+            }
+            Some(staged) => staged.value = value,
+            None if value.is_none() && !in_base => {}
+            None => {
+                layer.insert(key, StagedValue { value, in_base });
+            }
+        }
+    }
+
+    pub fn active_is_empty(&self) -> bool {
+        self.active.iter().all(BTreeMap::is_empty)
+    }
+
+    /// Moves the active layer to `frozen` for the checkpoint thread.
+    pub fn freeze(&mut self, through: u64) {
+        let trees = self.active.len();
+        let layer = std::mem::replace(&mut self.active, vec![BTreeMap::new(); trees]);
+        self.frozen = Some(Arc::new(layer));
+        self.frozen_through = through;
+        self.active_bytes = 0;
+        self.active_since = None;
+    }
+
+    /// Staged keys of `tree` in `start..=end`, the active layer over the frozen one.
+    pub fn range(
+        &self,
+        tree: usize,
+        start: &[u8],
+        end: &[u8],
+    ) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        let mut merged = BTreeMap::new();
+        let bounds = (
+            std::ops::Bound::Included(start.to_vec()),
+            std::ops::Bound::Included(end.to_vec()),
+        );
+        let layers = self
+            .frozen
+            .iter()
+            .map(|f| &f[tree])
+            .chain([&self.active[tree]]);
+        for layer in layers {
+            for (key, staged) in layer.range::<Vec<u8>, _>(bounds.clone()) {
+                merged.insert(key.clone(), staged.value.clone());
+            }
+        }
+        merged
+    }
+
+    /// Staged keys of `tree` starting with `prefix`, the active layer over the frozen one.
+    pub fn prefixed(&self, tree: usize, prefix: &[u8]) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        let mut merged = BTreeMap::new();
+        let layers = self
+            .frozen
+            .iter()
+            .map(|f| &f[tree])
+            .chain([&self.active[tree]]);
+        for layer in layers {
+            let matching = layer
+                .range(prefix.to_vec()..)
+                .take_while(|(key, _)| key.starts_with(prefix));
+            for (key, staged) in matching {
+                merged.insert(key.clone(), staged.value.clone());
+            }
+        }
+        merged
+    }
+}
