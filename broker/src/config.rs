@@ -105,6 +105,28 @@ pub struct StorageConfig {
     /// With `batched`: the longest time an acknowledged message may wait for its fsync
     /// (the loss window after a crash).
     pub flush_interval_ms: u64,
+    /// Global storage limit: the store may take this many bytes on disk (0 = no limit).
+    pub max_bytes: u64,
+    /// Storage is also full when the data directory's file system has less free space
+    /// than this (0 = never), so that the broker stops before the disk does.
+    pub min_free_bytes: u64,
+    /// What happens to durable work while storage is full.
+    pub full_policy: StorageFullPolicy,
+}
+
+/// While storage is full (over `max_bytes`, under `min_free_bytes`, or after a write
+/// failed), QoS 0 traffic and QoS >= 1 deliveries that need no storage keep flowing.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageFullPolicy {
+    /// A QoS >= 1 PUBLISH that would have to be stored is refused whole (delivered to
+    /// nobody): v5 PUBACK / PUBREC 0x97 (quota exceeded); a 3.1.1 client, which cannot be
+    /// told, is disconnected before it is acknowledged, and resends after reconnecting.
+    #[default]
+    Refuse,
+    /// The PUBLISH is accepted and acknowledged; the copies that would have been stored
+    /// (offline or persistent subscribers, the retained store) are dropped and counted.
+    Drop,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -162,6 +184,9 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("./rookery-data"),
             durability: Durability::Strict,
             flush_interval_ms: 100,
+            max_bytes: 0,
+            min_free_bytes: 256 * 1024 * 1024,
+            full_policy: StorageFullPolicy::Refuse,
         }
     }
 }

@@ -18,6 +18,14 @@ pub struct Stats {
     pub dropped_qos12: AtomicU64,
     pub dropped_expired: AtomicU64,
     pub dropped_too_large: AtomicU64,
+    /// Copies not stored because storage was full (`full_policy = "drop"`).
+    pub dropped_storage_full: AtomicU64,
+    /// QoS >= 1 PUBLISH packets refused because storage was full.
+    pub storage_refused: AtomicU64,
+    /// 1 while storage is full, else 0.
+    pub storage_full: AtomicU64,
+    /// Bytes the store takes on disk, as last measured.
+    pub storage_bytes: AtomicU64,
     pub acl_denied: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub subscriptions: AtomicU64,
@@ -41,6 +49,10 @@ impl Default for Stats {
             dropped_qos12: AtomicU64::new(0),
             dropped_expired: AtomicU64::new(0),
             dropped_too_large: AtomicU64::new(0),
+            dropped_storage_full: AtomicU64::new(0),
+            storage_refused: AtomicU64::new(0),
+            storage_full: AtomicU64::new(0),
+            storage_bytes: AtomicU64::new(0),
             acl_denied: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             subscriptions: AtomicU64::new(0),
@@ -64,6 +76,7 @@ impl Stats {
             + Self::get(&self.dropped_qos12)
             + Self::get(&self.dropped_expired)
             + Self::get(&self.dropped_too_large)
+            + Self::get(&self.dropped_storage_full)
     }
 
     /// `$SYS/broker/...` topic names and their current values (Mosquitto's names where
@@ -123,6 +136,19 @@ impl Stats {
             (
                 "$SYS/broker/publish/messages/dropped/too_large",
                 g(&self.dropped_too_large).to_string(),
+            ),
+            (
+                "$SYS/broker/publish/messages/dropped/storage_full",
+                g(&self.dropped_storage_full).to_string(),
+            ),
+            ("$SYS/broker/store/full", g(&self.storage_full).to_string()),
+            (
+                "$SYS/broker/store/refused",
+                g(&self.storage_refused).to_string(),
+            ),
+            (
+                "$SYS/broker/store/bytes",
+                g(&self.storage_bytes).to_string(),
             ),
             (
                 "$SYS/broker/bytes/received",

@@ -302,4 +302,8 @@ impl Store for MemoryStore {
     fn size_on_disk(&self) -> u64 {
         0
     }
+
+    fn free_space(&self) -> Option<u64> {
+        None
+    }
 }

@@ -521,6 +521,10 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn free_space(&self) -> Option<u64> {
+        fs2::available_space(&self.shared.path).ok()
+    }
+
     fn size_on_disk(&self) -> u64 {
         let shared = &self.shared;
         match shared.db.size_on_disk() {

@@ -181,4 +181,6 @@ pub trait Store: Send + Sync {
     ) -> StorageResult<Vec<(u64, QueueEntry, StoredMessage)>>;
     /// Bytes on disk (approximate), for the global storage limit.
     fn size_on_disk(&self) -> u64;
+    /// Free bytes on the file system holding the store, if it has one.
+    fn free_space(&self) -> Option<u64>;
 }

@@ -8,9 +8,10 @@
 //! does. With `batched` durability tickets complete when the batch is applied and a
 //! timer flushes every `flush_interval_ms`; with `none` there is no store at all.
 
+pub mod capacity;
 pub mod sessions;
 
-use crate::config::Durability;
+use crate::config::{Durability, StorageFullPolicy};
 use rookery_storage::{Op, StorageError, Store};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -178,13 +179,21 @@ pub struct Durable {
     wake: Notify,
     committed: watch::Sender<Committed>,
     next_message_id: AtomicU64,
+    /// Storage is full (see `capacity.rs`): new durable work is refused or dropped.
+    full: std::sync::atomic::AtomicBool,
+    full_policy: StorageFullPolicy,
     /// Held for each commit, so that commits never overlap (their order is the order of
     /// the operations) — also the final one at shutdown.
     commit_gate: tokio::sync::Mutex<()>,
 }
 
 impl Durable {
-    pub fn new(store: Arc<dyn Store>, mode: Durability, next_message_id: u64) -> Arc<Durable> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        mode: Durability,
+        next_message_id: u64,
+        full_policy: StorageFullPolicy,
+    ) -> Arc<Durable> {
         let (committed, _) = watch::channel(Committed::default());
         Arc::new(Durable {
             store,
@@ -198,6 +207,8 @@ impl Durable {
             wake: Notify::new(),
             committed,
             next_message_id: AtomicU64::new(next_message_id.max(1)),
+            full: std::sync::atomic::AtomicBool::new(false),
+            full_policy,
             commit_gate: tokio::sync::Mutex::new(()),
         })
     }
@@ -233,6 +244,20 @@ impl Durable {
         if let Some(message) = pending.messages.get_mut(&id) {
             message.routed = true;
         }
+    }
+
+    /// Whether storage is full: a QoS >= 1 message that would have to be stored is then
+    /// refused or its stored copies dropped (`full_policy`).
+    pub fn is_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
+    }
+
+    pub fn full_policy(&self) -> StorageFullPolicy {
+        self.full_policy
+    }
+
+    fn set_full(&self, full: bool) {
+        self.full.store(full, Ordering::Relaxed);
     }
 
     /// Whether acknowledgements must wait for their ticket.
@@ -330,6 +355,10 @@ impl Durable {
             committed.through = ticket;
             if let Err(error) = &result {
                 tracing::error!(%error, ticket, "commit failed: durable work refused");
+                if matches!(error, StorageError::Full) {
+                    // Until the capacity watcher sees room again.
+                    self.set_full(true);
+                }
                 let slot = (ticket as usize) % committed.recent_failures.len();
                 committed.recent_failures[slot] = (ticket, matches!(error, StorageError::Full));
             }

@@ -11,6 +11,7 @@ pub mod trie;
 use crate::acl::{Access, Acl, Identity};
 use crate::codec::topic::parse_shared;
 use crate::codec::{QoS, SubscriptionOptions};
+use crate::config::StorageFullPolicy;
 use crate::durable::Durable;
 use crate::message::Message;
 use crate::session::{Delivery, SessionCore, SessionState};
@@ -27,6 +28,8 @@ pub struct Routed {
     pub queued: usize,
     /// The commit that stores what routing wrote (retained message), if anything.
     pub ticket: Option<crate::durable::Ticket>,
+    /// Storage is full and its policy refuses: the message went to nobody.
+    pub refused_storage_full: bool,
 }
 
 pub struct Router {
@@ -73,8 +76,28 @@ impl Router {
         }
         let message = Arc::new(message);
         let mut routed = Routed::default();
+        // Storage full: a QoS >= 1 message that would be stored is refused whole, or its
+        // stored copies are dropped (`[storage] full_policy`). QoS 0 flows as usual.
+        let mut may_store = true;
+        if let Some(durable) = self.durable.as_ref().filter(|d| d.is_full()) {
+            if message.qos != QoS::AtMostOnce && needs_storage(&message, &matches) {
+                match durable.full_policy() {
+                    StorageFullPolicy::Refuse => {
+                        Stats::add(&self.stats.storage_refused, 1);
+                        routed.refused_storage_full = true;
+                        return routed;
+                    }
+                    StorageFullPolicy::Drop => may_store = false,
+                }
+            }
+        }
         if message.retain {
-            routed.ticket = self.retained.set(&message);
+            if !may_store && !message.payload.is_empty() {
+                Stats::add(&self.stats.dropped_storage_full, 1);
+            }
+            routed.ticket = self
+                .retained
+                .set(&message, may_store || message.payload.is_empty());
         }
         if matches.is_empty() {
             return routed;
@@ -104,6 +127,11 @@ impl Router {
                     .durable
                     .as_ref()
                     .filter(|_| delivery.qos != QoS::AtMostOnce && outbox.is_persistent());
+                if durable.is_some() && !may_store {
+                    Stats::add(&self.stats.dropped_storage_full, 1);
+                    index = end;
+                    continue;
+                }
                 let result = match durable {
                     Some(durable) => {
                         // Stored once, whatever the number of persistent subscribers.
@@ -228,4 +256,13 @@ fn merge_delivery(
         stored: None,
         redelivery: false,
     })
+}
+
+/// Whether routing `message` to `matches` would write to the store: a retained message to
+/// keep, or a QoS >= 1 copy for a persistent session.
+fn needs_storage(message: &Message, matches: &[&Subscriber]) -> bool {
+    (message.retain && !message.payload.is_empty())
+        || matches
+            .iter()
+            .any(|s| s.options.qos != QoS::AtMostOnce && s.session.outbox.is_persistent())
 }

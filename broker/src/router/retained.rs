@@ -40,7 +40,9 @@ impl Retained {
     /// Keeps `message` as its topic's retained message, or clears it when the payload is
     /// empty [MQTT-3.3.1-6] [MQTT-3.3.1-7]. Returns the ticket of the commit that stores
     /// the change, when durability is on.
-    pub fn set(&self, message: &Arc<Message>) -> Option<Ticket> {
+    /// Sets or clears the retained message of its topic. `store: false` (storage is full
+    /// and its policy drops): kept in memory only, so lost at a restart.
+    pub fn set(&self, message: &Arc<Message>, store: bool) -> Option<Ticket> {
         let topic: Arc<str> = Arc::from(message.topic.as_str());
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         let op = if message.payload.is_empty() {
@@ -57,7 +59,7 @@ impl Retained {
             .store(index.len() as u64, Ordering::Relaxed);
         // `$SYS` values are rewritten every few seconds and mean nothing after a restart:
         // they are not stored.
-        if topic_is_sys(&message.topic) {
+        if topic_is_sys(&message.topic) || !store {
             return None;
         }
         // Submitted under the index lock, so the store sees changes of one topic in the

@@ -39,6 +39,24 @@ impl Connection {
     /// Refuses a PUBLISH: v5 gets the reason in PUBACK/PUBREC; 3.1.1 gets the normal
     /// acknowledgement and the message is dropped [MQTT-3.3.5-2], or is disconnected when
     /// configured so.
+    /// Storage is full and the message would have to be stored: v5 clients get 0x97
+    /// (in order behind acknowledgements still waiting for commits); a 3.1.1 client,
+    /// which cannot be told, is disconnected without the acknowledgement, as after a
+    /// failed commit, so that it resends the message after reconnecting.
+    fn refuse_storage_full(&mut self, qos: QoS, packet_id: u16) {
+        tracing::debug!(client_id = %self.client_id, packet_id, "publish refused: storage full");
+        if !self.version.is_v5() {
+            self.end(End::Lost);
+            return;
+        }
+        let response = PubResponse::new(packet_id, reason::QUOTA_EXCEEDED);
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.acknowledge(Packet::PubAck(response), None),
+            QoS::ExactlyOnce => self.acknowledge(Packet::PubRec(response), None),
+        }
+    }
+
     fn refuse_publish(&mut self, publish: &Publish, code: u8) {
         if code == reason::NOT_AUTHORIZED {
             Stats::add(&self.broker.stats.acl_denied, 1);
@@ -118,6 +136,10 @@ impl Connection {
         let message = Message::new(publish, self.client_id.clone());
         let routed = self.broker.router.publish(message);
         tracing::trace!(client_id = %self.client_id, queued = routed.queued, "routed PUBLISH");
+        if routed.refused_storage_full {
+            self.refuse_storage_full(qos, packet_id);
+            return;
+        }
         // A QoS 1/2 message that had to be stored is acknowledged once it is durable.
         let ticket = routed.ticket.filter(|_| self.durable_acks());
         match qos {

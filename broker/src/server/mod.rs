@@ -186,7 +186,7 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
     });
     restore_sessions(&broker, recovered.sessions);
     tracing::info!(%mqtt_addr, "MQTT listener ready");
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(accept_loop(listener, broker.clone())),
         tokio::spawn(expire_sessions(broker.clone())),
         tokio::spawn(crate::sys::publish_periodically(broker.clone())),
@@ -195,6 +195,12 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
         let interval = Duration::from_millis(broker.config.storage.flush_interval_ms.max(1));
         tokio::spawn(durable.clone().run(interval))
     });
+    if let Some(durable) = &durable {
+        let limits = crate::durable::capacity::Limits::from_config(&broker.config.storage);
+        tasks.push(tokio::spawn(
+            durable.clone().watch_capacity(limits, broker.stats.clone()),
+        ));
+    }
     Ok(BrokerHandle {
         mqtt_addr,
         broker,
@@ -266,6 +272,7 @@ fn open_storage(config: &Config) -> Result<(Option<Arc<Durable>>, Recovered), St
         Arc::new(store),
         config.storage.durability,
         recovered.next_message_id,
+        config.storage.full_policy,
     );
     Ok((Some(durable), recovered))
 }
