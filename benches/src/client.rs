@@ -421,12 +421,26 @@ pub struct PubConfig {
     pub dedicated: bool,
 }
 
-#[derive(Default)]
 pub struct PubStats {
     pub sent: u64,
     pub acked: u64,
     pub unacked: u64,
+    /// QoS >= 1: from writing a PUBLISH sent in the measured interval to its PUBACK
+    /// (QoS 1) or first PUBREC (QoS 2) — the acknowledgement that promises durability.
+    pub ack_latency: Histogram<u64>,
     pub error: Option<String>,
+}
+
+impl Default for PubStats {
+    fn default() -> Self {
+        PubStats {
+            sent: 0,
+            acked: 0,
+            unacked: 0,
+            ack_latency: new_histogram(),
+            error: None,
+        }
+    }
 }
 
 /// Sleep on the OS thread until `deadline` (ns since epoch). Only for
@@ -445,6 +459,16 @@ fn precise_sleep_until(shared: &Shared, deadline: u64, spin: bool) {
         }
         let sleep = if spin { left - SPIN_NS } else { left };
         std::thread::sleep(Duration::from_nanos(sleep.max(1_000)));
+    }
+}
+
+/// Records the ack latency of packet `id` once (a repeated PUBREC finds 0).
+fn record_ack(written_at: &mut [u64], id: u16, shared: &Shared, hist: &mut Histogram<u64>) {
+    if let Some(at) = written_at.get_mut(id as usize) {
+        if *at != 0 {
+            let _ = hist.record(shared.now_ns().saturating_sub(*at).max(1));
+            *at = 0;
+        }
     }
 }
 
@@ -494,6 +518,10 @@ async fn publisher_loop(
     let mut wbuf = BytesMut::with_capacity(cfg.batch * (cfg.payload + cfg.topic.len() + 8) + 4096);
     // 0 = free, 1 = awaiting PUBACK/PUBREC, 2 = awaiting PUBCOMP.
     let mut inflight = vec![0u8; 65536];
+    // When each in-flight PUBLISH was written, if inside the measured interval (0: not
+    // measured), for `ack_latency`.
+    let mut written_at = vec![0u64; if cfg.qos > 0 { 65536 } else { 0 }];
+    let warm_end = shared.warm_end_ns.load(Ordering::SeqCst);
     let mut n_inflight = 0usize;
     let mut next_pkid: u16 = 1;
     let mut seq: u64 = 0;
@@ -531,11 +559,13 @@ async fn publisher_loop(
                 consumed += used;
                 match packet {
                     Packet::Puback(id) if inflight[id as usize] == 1 => {
+                        record_ack(&mut written_at, id, shared, &mut stats.ack_latency);
                         inflight[id as usize] = 0;
                         n_inflight -= 1;
                         stats.acked += 1;
                     }
                     Packet::Pubrec(id) if inflight[id as usize] != 0 => {
+                        record_ack(&mut written_at, id, shared, &mut stats.ack_latency);
                         // PUBREL must be (re)sent even for a repeated PUBREC.
                         inflight[id as usize] = 2;
                         mqtt::encode_pubrel(&mut wbuf, id);
@@ -605,6 +635,11 @@ async fn publisher_loop(
                     }
                     let id = next_pkid;
                     inflight[id as usize] = 1;
+                    written_at[id as usize] = if now >= warm_end && now < meas_end {
+                        now
+                    } else {
+                        0
+                    };
                     n_inflight += 1;
                     next_pkid = if next_pkid == u16::MAX {
                         1

@@ -616,7 +616,9 @@ async fn run_traffic(args: &Args) -> Result<Value> {
         }
     }
     let (mut acked, mut unacked) = (0u64, 0u64);
+    let mut ack_hist = client::new_histogram();
     for p in &pub_stats {
+        ack_hist.add(&p.ack_latency).ok();
         acked += p.acked;
         unacked += p.unacked;
         if let Some(e) = &p.error {
@@ -657,6 +659,18 @@ async fn run_traffic(args: &Args) -> Result<Value> {
             "max": us(hist.max()),
         })
     };
+    let ack_latency = if ack_hist.is_empty() {
+        Value::Null
+    } else {
+        json!({
+            "count": ack_hist.len(),
+            "p50": us(ack_hist.value_at_quantile(0.50)),
+            "p90": us(ack_hist.value_at_quantile(0.90)),
+            "p99": us(ack_hist.value_at_quantile(0.99)),
+            "p999": us(ack_hist.value_at_quantile(0.999)),
+            "max": us(ack_hist.max()),
+        })
+    };
     errors.truncate(20);
     Ok(json!({
         "scenario": format!("{:?}", args.scenario).to_lowercase(),
@@ -689,6 +703,7 @@ async fn run_traffic(args: &Args) -> Result<Value> {
         "pub_acked": acked,
         "pub_unacked": unacked,
         "latency_us": latency,
+        "ack_latency_us": ack_latency,
         "broker_pid": args.broker_pid,
         "broker_cpu_s": broker_cpu.map(|c| round(c, 3)),
         "broker_cpu_pct": broker_cpu.map(|c| round(100.0 * c / measured_s, 1)),

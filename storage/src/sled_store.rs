@@ -96,12 +96,17 @@ pub struct SledOptions {
     pub flush_every_ms: Option<u64>,
     /// sled's `Mode::HighThroughput` instead of `Mode::LowSpace`.
     pub high_throughput: bool,
-    /// A checkpoint starts when the staged writes are this old (default 500 ms): the
-    /// longer, the more queued-then-acknowledged messages never reach the trees, and the
-    /// longer the journal to replay after a crash.
+    /// A checkpoint starts when the staged writes are this old (default 5 s): each
+    /// checkpoint writes the entries still live at that moment (messages in flight to
+    /// online subscribers among them, which are then removed again by the next one), so
+    /// the longer, the fewer writes — and the longer the journal to replay after a crash.
     pub checkpoint_interval: Duration,
-    /// ... or this large (default 8 MiB).
+    /// ... or when the live staged entries take this much memory (default 8 MiB) ...
     pub checkpoint_bytes: usize,
+    /// ... or the journal records since the last checkpoint this much disk (default
+    /// 64 MiB): a journal record holds what its batch wrote even if a later batch
+    /// undid it.
+    pub max_journal_bytes: usize,
     /// `apply` waits for the running checkpoint when the new staged writes reach this
     /// size (default 64 MiB), which bounds the memory they take.
     pub max_staged_bytes: usize,
@@ -113,8 +118,9 @@ impl Default for SledOptions {
             cache_capacity: 8 * 1024 * 1024,
             flush_every_ms: None,
             high_throughput: false,
-            checkpoint_interval: Duration::from_millis(500),
+            checkpoint_interval: Duration::from_secs(5),
             checkpoint_bytes: 8 * 1024 * 1024,
+            max_journal_bytes: 64 * 1024 * 1024,
             max_staged_bytes: 64 * 1024 * 1024,
         }
     }
@@ -446,9 +452,9 @@ impl Store for SledStore {
         let resolved = overlay.finish()?;
         if !resolved.is_empty() {
             let number = state.next_journal;
-            shared.journal(number, &resolved)?;
+            let journal_bytes = shared.journal(number, &resolved)?;
             state.next_journal += 1;
-            shared.stage(resolved.writes, &resolved.in_base, number);
+            shared.stage(resolved.writes, &resolved.in_base, number, journal_bytes);
         }
         state.high_water = resolved.high_water;
         Ok(())

@@ -14,7 +14,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl Shared {
     /// Writes the journal record `number` of a resolved batch (one sled insert).
-    pub(super) fn journal(&self, number: u64, resolved: &Resolved) -> StorageResult<()> {
+    pub(super) fn journal(&self, number: u64, resolved: &Resolved) -> StorageResult<usize> {
         let writes: Vec<codec::JournalWriteRef<'_>> = resolved
             .writes
             .iter()
@@ -26,10 +26,11 @@ impl Shared {
             })
             .collect();
         let record = codec::encode_journal(&writes);
+        let len = record.len();
         self.tree(T::Journal)
             .insert(number.to_be_bytes(), record)
             .map_err(|e| sled_error("writing the journal", e))?;
-        Ok(())
+        Ok(len)
     }
 
     /// Stages a journaled batch in the active layer, freezing it for a checkpoint when it
@@ -40,8 +41,10 @@ impl Shared {
         writes: Vec<Writes>,
         in_base: &[HashMap<Vec<u8>, bool>],
         number: u64,
+        journal_bytes: usize,
     ) {
         let mut layers = self.layers();
+        layers.journal_bytes += journal_bytes;
         for (tree, writes) in writes.into_iter().enumerate() {
             for (key, value) in writes {
                 let below = in_base[tree].get(&key).copied().unwrap_or(true);
@@ -59,6 +62,7 @@ impl Shared {
                 .unwrap_or_else(|e| e.into_inner());
         }
         let due = layers.active_bytes >= options.checkpoint_bytes
+            || layers.journal_bytes >= options.max_journal_bytes
             || layers
                 .active_since
                 .is_some_and(|since| since.elapsed() >= options.checkpoint_interval);

@@ -42,6 +42,11 @@ pub(super) struct StagedValue {
 /// One layer: per tree (indexed like `T`), key → staged value.
 pub(super) type Layer = Vec<BTreeMap<Vec<u8>, StagedValue>>;
 
+/// Memory an active entry takes, roughly: key, value and the map's per-entry overhead.
+fn entry_size(key: &[u8], value_len: usize) -> usize {
+    key.len() + value_len + 64
+}
+
 /// What a staged lookup found.
 pub(super) enum Staged {
     /// In the active layer (whose entry knows whether the key is in the base below).
@@ -55,8 +60,10 @@ pub(super) enum Staged {
 
 pub(super) struct Layers {
     pub active: Layer,
-    /// Approximate bytes added to the active layer since it was last frozen.
+    /// Approximate bytes the active layer holds (keys, values and per-entry overhead).
     pub active_bytes: usize,
+    /// Bytes of journal records written since the active layer was last frozen.
+    pub journal_bytes: usize,
     /// When the active layer received its first write since it was last frozen.
     pub active_since: Option<Instant>,
     /// The layer the checkpoint thread is writing.
@@ -73,6 +80,7 @@ impl Layers {
         Layers {
             active: vec![BTreeMap::new(); trees],
             active_bytes: 0,
+            journal_bytes: 0,
             active_since: None,
             frozen: None,
             frozen_through: 0,
@@ -95,16 +103,23 @@ impl Layers {
     /// layer, if the batch knows (it read the key); unknown counts as yes, which at worst
     /// writes a removal of a key that is not there.
     pub fn stage(&mut self, tree: usize, key: Vec<u8>, value: Option<Vec<u8>>, in_base: bool) {
-        self.active_bytes += key.len() + value.as_ref().map_or(0, Vec::len) + 32;
         self.active_since.get_or_insert_with(Instant::now);
+        let value_len = |v: &Option<Vec<u8>>| v.as_ref().map_or(0, Vec::len);
         let layer = &mut self.active[tree];
         match layer.get_mut(&key) {
             Some(staged) if value.is_none() && !staged.in_base => {
+                let freed = entry_size(&key, value_len(&staged.value));
                 layer.remove(&key);
+                self.active_bytes = self.active_bytes.saturating_sub(freed);
             }
-            Some(staged) => staged.value = value,
+            Some(staged) => {
+                self.active_bytes =
+                    self.active_bytes.saturating_sub(value_len(&staged.value)) + value_len(&value);
+                staged.value = value;
+            }
             None if value.is_none() && !in_base => {}
             None => {
+                self.active_bytes += entry_size(&key, value_len(&value));
                 layer.insert(key, StagedValue { value, in_base });
             }
         }
@@ -121,6 +136,7 @@ impl Layers {
         self.frozen = Some(Arc::new(layer));
         self.frozen_through = through;
         self.active_bytes = 0;
+        self.journal_bytes = 0;
         self.active_since = None;
     }
 
