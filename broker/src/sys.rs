@@ -29,7 +29,7 @@ pub(crate) async fn publish_periodically(broker: Arc<Broker>) {
             };
             broker
                 .router
-                .publish(Message::new(publish, publisher.clone()));
+                .publish(Message::new(publish, publisher.clone()), None);
         }
     }
 }

@@ -49,9 +49,26 @@ fn populated() -> tempfile::TempDir {
     dir
 }
 
+/// Opens the database with sled itself, retrying while the store just dropped still
+/// holds its file lock (sled releases it from a background thread).
+fn open_raw(dir: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::open(dir.join("db")) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
 /// Sets (or with `None` removes) `key` in `tree`, bypassing the store.
 fn poke(dir: &Path, tree: &str, key: &[u8], value: Option<&[u8]>) {
-    let db = sled::open(dir.join("db")).unwrap();
+    let db = open_raw(dir);
     let tree = db.open_tree(tree).unwrap();
     match value {
         Some(value) => tree.insert(key, value).unwrap(),
@@ -61,7 +78,7 @@ fn poke(dir: &Path, tree: &str, key: &[u8], value: Option<&[u8]>) {
 }
 
 fn peek(dir: &Path, tree: &str, key: &[u8]) -> Vec<u8> {
-    let db = sled::open(dir.join("db")).unwrap();
+    let db = open_raw(dir);
     let value = db.open_tree(tree).unwrap().get(key).unwrap().unwrap();
     value.to_vec()
 }

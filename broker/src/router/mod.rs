@@ -12,17 +12,18 @@ use crate::acl::{Access, Acl, Identity};
 use crate::codec::topic::parse_shared;
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::config::StorageFullPolicy;
-use crate::durable::Durable;
+use crate::durable::{AckGate, Durable};
 use crate::message::Message;
 use crate::session::{Delivery, SessionCore, SessionState};
 use crate::stats::Stats;
 use retained::Retained;
 use rookery_storage::Op;
 use std::sync::{Arc, RwLock};
+use tokio::sync::Notify;
 use trie::{Subscriber, Trie};
 
 /// What routing one message did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Default, Clone)]
 pub struct Routed {
     /// Deliveries queued.
     pub queued: usize,
@@ -30,6 +31,9 @@ pub struct Routed {
     pub ticket: Option<crate::durable::Ticket>,
     /// Storage is full and its policy refuses: the message went to nobody.
     pub refused_storage_full: bool,
+    /// Opens if every stored copy is acknowledged before `ticket` commits (then the
+    /// publisher's acknowledgement need not wait for it).
+    pub gate: Option<Arc<AckGate>>,
 }
 
 pub struct Router {
@@ -64,7 +68,9 @@ impl Router {
 
     /// Routes one message: stores or clears it as retained, then queues one delivery per
     /// matching session.
-    pub fn publish(&self, mut message: Message) -> Routed {
+    /// `ack_waker`: the publisher's connection, for a QoS 1 PUBLISH whose acknowledgement
+    /// may go early through `Routed::gate`.
+    pub fn publish(&self, mut message: Message, ack_waker: Option<&Arc<Notify>>) -> Routed {
         let acl = self.acl();
         // Deliveries are queued under the read lock: no subscriber is cloned, and queueing
         // never waits (outbox pushes take only the outbox's own short lock).
@@ -157,7 +163,9 @@ impl Router {
             index = end;
         }
         if let (Some(durable), Some(id)) = (&self.durable, message_id) {
-            durable.routing_done(id);
+            // A retained message is stored in the same commit and cannot be cancelled.
+            let waker = ack_waker.filter(|_| !message.retain);
+            routed.gate = durable.routing_done(id, waker);
         }
         routed
     }

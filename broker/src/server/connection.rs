@@ -33,6 +33,9 @@ const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
 pub(super) enum Deferred {
     /// A control packet: an acknowledgement promising durability, or one queued behind it.
     Packet(Box<Packet>),
+    /// A QoS 1 PUBACK that may also go once its gate opens (every stored copy of its
+    /// message was acknowledged before the commit).
+    GatedPacket(Box<Packet>, Arc<crate::durable::AckGate>),
     /// A QoS 2 PUBLISH to a persistent session, once its packet id is stored.
     Publish { delivery: Delivery, packet_id: u16 },
     /// Retained messages for a new subscription, after its SUBACK.
@@ -84,6 +87,8 @@ pub(super) struct Connection {
     pub deferred: VecDeque<(Ticket, Deferred)>,
     /// Commit progress, when durability is on.
     pub commits: Option<watch::Receiver<Committed>>,
+    /// Woken when an [`crate::durable::AckGate`] of a deferred PUBACK opens.
+    pub ack_waker: Arc<tokio::sync::Notify>,
 }
 
 /// Counts the connection for its whole life, including the handshake.
@@ -165,8 +170,10 @@ impl Connection {
     /// it resends after reconnecting.
     fn release_deferred(&mut self) {
         let committed = self.commits.as_ref().map(|c| *c.borrow());
-        while let Some((ticket, _)) = self.deferred.front() {
+        while let Some((ticket, front)) = self.deferred.front() {
+            let gate_open = matches!(front, Deferred::GatedPacket(_, gate) if gate.is_open());
             let outcome = match (*ticket, committed) {
+                _ if gate_open => Some(Ok(())),
                 (0, _) | (_, None) => Some(Ok(())),
                 (ticket, Some(committed)) => committed.outcome(ticket),
             };
@@ -177,7 +184,7 @@ impl Connection {
                 break;
             };
             match deferred {
-                Deferred::Packet(packet) => {
+                Deferred::Packet(packet) | Deferred::GatedPacket(packet, _) => {
                     let mut packet = *packet;
                     if let Err(full) = outcome {
                         if !self.version.is_v5() {
@@ -295,6 +302,9 @@ impl Connection {
                 }
                 _ = self.core.outbox.ready.notified(), if self.wbuf.len() < WRITE_HIGH_WATER => {}
                 _ = wait_for_commit(&mut self.commits), if !self.deferred.is_empty() || self.waits_for_stored_entries() => {
+                    self.release_deferred();
+                }
+                _ = self.ack_waker.notified(), if !self.deferred.is_empty() => {
                     self.release_deferred();
                 }
                 _ = &mut keep_alive_timer, if !self.keep_alive.is_zero() => {

@@ -289,6 +289,7 @@ async fn admit(
         ending: None,
         deferred: Default::default(),
         commits: broker.durable.as_ref().map(|d| d.subscribe_commits()),
+        ack_waker: Arc::new(tokio::sync::Notify::new()),
     };
     connection.send(&connack);
     Ok(connection)

@@ -134,7 +134,8 @@ impl Connection {
         let packet_id = publish.packet_id;
         tracing::trace!(client_id = %self.client_id, topic = %publish.topic, "routing PUBLISH");
         let message = Message::new(publish, self.client_id.clone());
-        let routed = self.broker.router.publish(message);
+        let waker = (qos == QoS::AtLeastOnce && self.durable_acks()).then_some(&self.ack_waker);
+        let routed = self.broker.router.publish(message, waker);
         tracing::trace!(client_id = %self.client_id, queued = routed.queued, "routed PUBLISH");
         if routed.refused_storage_full {
             self.refuse_storage_full(qos, packet_id);
@@ -144,10 +145,15 @@ impl Connection {
         let ticket = routed.ticket.filter(|_| self.durable_acks());
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.acknowledge(
-                Packet::PubAck(PubResponse::new(packet_id, reason::SUCCESS)),
-                ticket,
-            ),
+            QoS::AtLeastOnce => {
+                let puback = Packet::PubAck(PubResponse::new(packet_id, reason::SUCCESS));
+                match (ticket, routed.gate) {
+                    (Some(ticket), Some(gate)) => {
+                        self.defer(ticket, Deferred::GatedPacket(Box::new(puback), gate))
+                    }
+                    (ticket, _) => self.acknowledge(puback, ticket),
+                }
+            }
             QoS::ExactlyOnce => {
                 self.state.incoming_qos2.insert(packet_id);
                 // A persistent session remembers, across a restart, which QoS 2 packet

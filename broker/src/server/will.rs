@@ -47,5 +47,7 @@ fn publish(broker: &Broker, will: LastWill, client_id: Arc<str>) {
         payload: will.payload,
     };
     tracing::debug!(%client_id, topic = %publish.topic, "publishing will");
-    broker.router.publish(Message::new(publish, client_id));
+    broker
+        .router
+        .publish(Message::new(publish, client_id), None);
 }
