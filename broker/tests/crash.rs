@@ -865,3 +865,102 @@ async fn flood_then_kill_b(
     println!("  phase B publisher: {}", log.summary());
     log
 }
+
+// ---------------------------------------------------------------------------------------
+// 7. Wills across a crash
+// ---------------------------------------------------------------------------------------
+
+/// Connects a persistent v5 session with a retained QoS 1 will on `topic`.
+async fn connect_with_will(addr: SocketAddr, id: &str, topic: &str) -> crash_support::Conn {
+    use rookery::codec::{LastWill, MqttStr, Packet, Properties};
+    let mut conn = crash_support::Conn::open(addr, V5).await.expect("connects");
+    let mut connect = crash_support::connect_packet(V5, id, true, Some(3600));
+    connect.will = Some(LastWill {
+        topic: MqttStr::from(topic),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: Properties::default(),
+    });
+    conn.send(&Packet::Connect(Box::new(connect)))
+        .await
+        .expect("CONNECT sent");
+    match conn.recv_within(WAIT).await {
+        Ok(Packet::ConnAck(ack)) => assert_eq!(ack.reason_code, 0, "{ack:?}"),
+        other => panic!("{id}: expected CONNACK, got {other:?}"),
+    }
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_will_of_a_client_connected_at_kill_9_is_published_after_the_restart() {
+    use rookery::codec::{Disconnect, Packet};
+    let _serial = serial().await;
+    let test = "will-kill9";
+    let mut ws = Workspace::new(test);
+    let settings = Settings::durability("strict");
+    let mut broker = ws.start(&settings).await;
+    // An offline persistent subscriber on the will topics: it must get the crashed
+    // client's will queued, and not the will of the client that disconnected normally.
+    let mut sub = Client::new(&format!("{test}-sub"), V5, Some(3600));
+    sub.connect_expecting(broker.addr, true, false).await;
+    sub.subscribe_granted(&[("crashwill/#", QoS::AtLeastOnce)])
+        .await;
+    sub.disconnect().await;
+
+    let crashed =
+        connect_with_will(broker.addr, &format!("{test}-crashed"), "crashwill/crashed").await;
+    let mut polite =
+        connect_with_will(broker.addr, &format!("{test}-polite"), "crashwill/polite").await;
+    polite
+        .send(&Packet::Disconnect(Disconnect::default()))
+        .await
+        .expect("DISCONNECT sent");
+    // Nothing acknowledges that a session record is durable; give the commits time.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.kill9().await;
+    drop(crashed);
+    drop(polite);
+    broker = ws.start(&settings).await;
+
+    sub.connect_expecting(broker.addr, false, true).await;
+    let ending = sub
+        .run(DRAIN_QUIET, DRAIN_LIMIT, |c| !c.received.is_empty())
+        .await;
+    let topics: Vec<&str> = sub.received.iter().map(|r| r.topic.as_str()).collect();
+    assert_eq!(
+        topics,
+        vec!["crashwill/crashed"],
+        "queued for the persistent subscriber after the restart ({ending:?})"
+    );
+    assert_eq!(&sub.received[0].payload[..], b"gone");
+    // Retained: a new subscriber sees it too.
+    let mut fresh = Client::new(&format!("{test}-fresh"), V5, None);
+    fresh.connect_expecting(broker.addr, true, false).await;
+    fresh
+        .subscribe_granted(&[("crashwill/#", QoS::AtLeastOnce)])
+        .await;
+    fresh.run(QUIET, WAIT, |c| !c.received.is_empty()).await;
+    let retained: Vec<(&str, bool)> = fresh
+        .received
+        .iter()
+        .map(|r| (r.topic.as_str(), r.retain))
+        .collect();
+    assert_eq!(retained, vec![("crashwill/crashed", true)]);
+    assert!(
+        sub.errors.is_empty() && fresh.errors.is_empty(),
+        "{:?} {:?}",
+        sub.errors,
+        fresh.errors
+    );
+
+    // Published once: another restart does not publish it again.
+    broker.kill9().await;
+    sub.drop_connection();
+    broker = ws.start(&settings).await;
+    sub.connect_expecting(broker.addr, false, true).await;
+    sub.run(QUIET, WAIT, |_| false).await;
+    assert_eq!(sub.received.len(), 1, "{:?}", sub.received);
+    println!("[{test}] passed");
+    broker.kill9().await;
+}

@@ -58,6 +58,7 @@ fn session(i: u64) -> StoredSession {
         expiry_interval: u32::MAX,
         disconnected_at_ms: 1_700_000_000_000,
         will: None,
+        will_retain: false,
         will_delay: 0,
     }
 }

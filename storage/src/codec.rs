@@ -233,10 +233,11 @@ pub fn encode_session(s: &StoredSession) -> Vec<u8> {
     }
     w.varint(u64::from(s.expiry_interval));
     w.varint(s.disconnected_at_ms);
+    // Will tag: 0 none, 1 a will, 2 a retained will.
     match &s.will {
         None => w.u8(0),
         Some(will) => {
-            w.u8(1);
+            w.u8(if s.will_retain { 2 } else { 1 });
             put_message(&mut w, will);
         }
     }
@@ -262,10 +263,10 @@ pub fn decode_session(buf: &[u8]) -> StorageResult<StoredSession> {
     }
     let expiry_interval = r.u32()?;
     let disconnected_at_ms = r.varint()?;
-    let will = match r.u8()? {
-        0 => None,
-        1 => Some(get_message(&mut r)?),
-        _ => return Err(r.err("invalid option tag")),
+    let (will, will_retain) = match r.u8()? {
+        0 => (None, false),
+        tag @ (1 | 2) => (Some(get_message(&mut r)?), tag == 2),
+        _ => return Err(r.err("invalid will tag")),
     };
     let will_delay = r.u32()?;
     r.finish()?;
@@ -275,6 +276,7 @@ pub fn decode_session(buf: &[u8]) -> StorageResult<StoredSession> {
         expiry_interval,
         disconnected_at_ms,
         will,
+        will_retain,
         will_delay,
     })
 }
@@ -451,6 +453,7 @@ mod tests {
             expiry_interval: u32::MAX,
             disconnected_at_ms: u64::MAX,
             will: Some(m),
+            will_retain: true,
             will_delay: 5,
         };
         assert_eq!(decode_session(&encode_session(&s)).unwrap(), s);

@@ -37,8 +37,12 @@ pub struct StoredSession {
     pub expiry_interval: u32,
     /// Milliseconds since the Unix epoch when the client disconnected (0 while connected).
     pub disconnected_at_ms: u64,
-    /// The will of the last connection, kept while its will delay runs.
+    /// The will of the current or last connection: kept while the client is connected
+    /// (a crash ends the connection without DISCONNECT, so the will is due after a
+    /// restart) and while its will delay runs.
     pub will: Option<StoredMessage>,
+    /// The will's retain flag.
+    pub will_retain: bool,
     /// Will Delay Interval in seconds.
     pub will_delay: u32,
 }

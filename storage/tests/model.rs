@@ -119,15 +119,16 @@ proptest! {
     #[test]
     fn stores_agree_with_the_model(
         batches in prop::collection::vec(batch(), 1..12),
-        checkpoint_bytes in prop::sample::select(vec![1usize, 300, usize::MAX]),
+        max_staged_bytes in prop::sample::select(vec![2usize, 600, usize::MAX]),
         full_checks in any::<bool>(),
     ) {
         // Checkpoints after every batch, every few batches (while later batches stage
         // over a frozen layer), or only when `recover` forces one; `full_checks` off
         // leaves staged writes in place across batches, since `recover` checkpoints.
         let dir = tempfile::tempdir().unwrap();
+        // A checkpoint starts at half of `max_staged_bytes` staged.
         let options = rookery_storage::SledOptions {
-            checkpoint_bytes,
+            max_staged_bytes,
             ..Default::default()
         };
         let sled = common::open_with_after_drop(dir.path(), &options).unwrap();

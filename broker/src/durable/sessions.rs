@@ -50,8 +50,9 @@ fn session_record(client_id: &str, state: &SessionState, disconnected: bool) -> 
         subscriptions,
         expiry_interval: state.expiry_interval,
         disconnected_at_ms: if disconnected { unix_millis() } else { 0 },
-        will: None,
-        will_delay: 0,
+        will: state.will.as_ref().map(|w| w.message.clone()),
+        will_retain: state.will.as_ref().is_some_and(|w| w.retain),
+        will_delay: state.will.as_ref().map_or(0, |w| w.delay),
     }
 }
 

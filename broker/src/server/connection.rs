@@ -385,8 +385,16 @@ impl Connection {
         self.flush(writer).await;
         self.core.outbox.set_online(false);
         match end {
-            End::Disconnected { with_will: false } | End::Shutdown => {}
-            _ => self.publish_will(),
+            // Normal DISCONNECT: the will is discarded [MQTT-3.1.2-10].
+            End::Disconnected { with_will: false } => self.state.will = None,
+            // Shutdown: the record keeps the will, published after the restart (the
+            // client did not disconnect normally).
+            End::Shutdown => {}
+            _ => {
+                if self.publish_will() {
+                    self.state.will = None;
+                }
+            }
         }
         let expiry = if self.state.expiry_interval == u32::MAX {
             Duration::MAX
@@ -418,15 +426,18 @@ impl Connection {
         }
     }
 
-    fn publish_will(&mut self) {
-        if let Some(will) = self.will.take() {
-            super::will::schedule(
+    /// Publishes or schedules the will; true if it was published now (so the session
+    /// record no longer needs it).
+    fn publish_will(&mut self) -> bool {
+        match self.will.take() {
+            Some(will) => super::will::schedule(
                 self.broker.clone(),
                 *will,
                 self.client_id.clone(),
                 self.id,
                 self.state.expiry_interval,
-            );
+            ),
+            None => true,
         }
     }
 }

@@ -229,6 +229,10 @@ async fn admit(
         }
     };
     state.expiry_interval = session_expiry;
+    state.will = connect
+        .will
+        .as_ref()
+        .map(|will| Box::new(super::will::record(will, &client_id)));
     broker.persist_session(&client_id, &mut state, false);
     if state.persisted {
         // From now on its QoS >= 1 deliveries are stored (a resumed session keeps its

@@ -278,8 +278,10 @@ fn open_storage(config: &Config) -> Result<(Option<Arc<Durable>>, Recovered), St
 }
 
 /// Puts recovered sessions back: offline, with their subscriptions in the router.
-fn restore_sessions(broker: &Broker, sessions: Vec<rookery_storage::RecoveredSession>) {
+fn restore_sessions(broker: &Arc<Broker>, sessions: Vec<rookery_storage::RecoveredSession>) {
     use crate::durable::sessions::{remaining_expiry, restore_subscriptions};
+    // Published once every session is back, so that all their subscriptions see them.
+    let mut wills = Vec::new();
     for recovered in sessions {
         let stored = &recovered.session;
         let mut state = SessionState {
@@ -320,6 +322,29 @@ fn restore_sessions(broker: &Broker, sessions: Vec<rookery_storage::RecoveredSes
             .incoming_qos2
             .extend(recovered.incoming.iter().copied());
         let client_id: Arc<str> = Arc::from(stored.client_id.as_str());
+        if let Some(message) = stored.will.clone() {
+            let will = crate::session::WillRecord {
+                message,
+                retain: stored.will_retain,
+                delay: stored.will_delay,
+            };
+            let remaining = will::remaining_delay(stored);
+            if !remaining.is_zero() {
+                // Still in the record if the broker stops again before it is published.
+                state.will = Some(Box::new(will.clone()));
+            } else if let Some(durable) = &broker.durable {
+                // Published now: the record no longer carries it.
+                durable.submit([rookery_storage::Op::PutSession(
+                    rookery_storage::StoredSession {
+                        will: None,
+                        will_retain: false,
+                        will_delay: 0,
+                        ..stored.clone()
+                    },
+                )]);
+            }
+            wills.push((will, client_id.clone(), remaining));
+        }
         let subscriptions: Vec<_> = state
             .subscriptions
             .iter()
@@ -344,5 +369,8 @@ fn restore_sessions(broker: &Broker, sessions: Vec<rookery_storage::RecoveredSes
                 .router
                 .subscribe(&core, None, &filter, sub.options, sub.subscription_id);
         }
+    }
+    for (will, client_id, remaining) in wills {
+        will::schedule_recovered(broker, will, client_id, remaining);
     }
 }

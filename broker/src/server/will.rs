@@ -5,16 +5,18 @@
 use super::Broker;
 use crate::codec::{LastWill, Publish};
 use crate::message::Message;
+use crate::session::WillRecord;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Publishes the will now (returns true) or after its delay (false).
 pub(super) fn schedule(
     broker: Arc<Broker>,
     will: LastWill,
     client_id: Arc<str>,
     connection_id: u64,
     session_expiry: u32,
-) {
+) -> bool {
     let delay = will
         .properties
         .will_delay_interval
@@ -22,7 +24,7 @@ pub(super) fn schedule(
         .min(session_expiry);
     if delay == 0 {
         publish(&broker, will, client_id);
-        return;
+        return true;
     }
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
@@ -32,12 +34,65 @@ pub(super) fn schedule(
         }
         publish(&broker, will, client_id);
     });
+    false
 }
 
-fn publish(broker: &Broker, will: LastWill, client_id: Arc<str>) {
+/// The will as a persistent session's record keeps it.
+pub(super) fn record(will: &LastWill, client_id: &Arc<str>) -> WillRecord {
+    WillRecord {
+        message: Message::new(will_publish(will.clone()), client_id.clone()).to_stored(),
+        retain: will.retain,
+        delay: will.properties.will_delay_interval.unwrap_or(0),
+    }
+}
+
+/// After a restart: the will of a recovered session whose connection ended without
+/// DISCONNECT (the crash, or a delayed will still pending), published after what is
+/// left of its delay unless the client reconnects first.
+pub(super) fn schedule_recovered(
+    broker: &Arc<Broker>,
+    will: WillRecord,
+    client_id: Arc<str>,
+    remaining: Duration,
+) {
+    let Some(mut message) = Message::from_stored(will.message) else {
+        tracing::error!(%client_id, "stored will does not decode: dropped");
+        return;
+    };
+    message.retain = will.retain;
+    if remaining.is_zero() {
+        tracing::debug!(%client_id, "publishing a will recovered after a restart");
+        broker.router.publish(message, None);
+        return;
+    }
+    let broker = broker.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(remaining).await;
+        // Connection ids start at 1: any connection since the restart is a reconnect.
+        if broker.registry.reconnected_since(&client_id, 0) {
+            return;
+        }
+        tracing::debug!(%client_id, "publishing a delayed will recovered after a restart");
+        broker.router.publish(message, None);
+    });
+}
+
+/// What is left of a recovered session's will delay (capped by its session expiry
+/// [MQTT-3.1.2-8]): counted from the disconnect, or from now if the client was connected
+/// when the broker stopped.
+pub(super) fn remaining_delay(stored: &rookery_storage::StoredSession) -> Duration {
+    let delay = Duration::from_secs(u64::from(stored.will_delay.min(stored.expiry_interval)));
+    if stored.disconnected_at_ms == 0 {
+        return delay;
+    }
+    let offline = crate::message::unix_millis().saturating_sub(stored.disconnected_at_ms);
+    delay.saturating_sub(Duration::from_millis(offline))
+}
+
+fn will_publish(will: LastWill) -> Publish {
     let mut properties = will.properties;
     properties.will_delay_interval = None;
-    let publish = Publish {
+    Publish {
         dup: false,
         qos: will.qos,
         retain: will.retain,
@@ -45,7 +100,11 @@ fn publish(broker: &Broker, will: LastWill, client_id: Arc<str>) {
         packet_id: 0,
         properties,
         payload: will.payload,
-    };
+    }
+}
+
+fn publish(broker: &Broker, will: LastWill, client_id: Arc<str>) {
+    let publish = will_publish(will);
     tracing::debug!(%client_id, topic = %publish.topic, "publishing will");
     broker
         .router

@@ -50,6 +50,19 @@ pub struct SessionState {
     pub expiry_interval: u32,
     /// Whether the store holds a record of this session (so its end must remove it).
     pub persisted: bool,
+    /// The will as the session record keeps it: from CONNECT until a normal DISCONNECT
+    /// or its publication, so that a crash (which ends the connection without
+    /// DISCONNECT) still gets it published after the restart.
+    pub will: Option<Box<WillRecord>>,
+}
+
+/// A will in a persistent session's record.
+#[derive(Debug, Clone)]
+pub struct WillRecord {
+    pub message: rookery_storage::StoredMessage,
+    pub retain: bool,
+    /// Will Delay Interval, seconds.
+    pub delay: u32,
 }
 
 impl SessionState {

@@ -5,9 +5,11 @@ use super::staged::Layer;
 use super::{sled_error, Shared, Writes, CHECKPOINT_KEY, DATA_TREES, T};
 use crate::codec;
 use crate::{StorageError, StorageResult};
-use sled::transaction::{TransactionError, Transactional};
 use std::collections::HashMap;
 use std::time::Duration;
+
+/// Keys per sled batch in a checkpoint.
+const CHUNK: usize = 2048;
 
 /// How long the checkpoint thread waits before retrying a failed checkpoint.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -61,7 +63,8 @@ impl Shared {
                 .wait(layers)
                 .unwrap_or_else(|e| e.into_inner());
         }
-        let due = layers.active_bytes >= options.checkpoint_bytes
+        let due = layers.old_bytes >= options.checkpoint_bytes
+            || layers.active_bytes >= options.max_staged_bytes / 2
             || layers.journal_bytes >= options.max_journal_bytes
             || layers
                 .active_since
@@ -136,42 +139,40 @@ impl Shared {
         }
     }
 
-    /// One checkpoint: the layer's writes and the journal position they cover in one
-    /// transaction, a flush, then the removal of the journal records it covers (after the
-    /// flush, so that a crash never finds records removed whose writes are not durable).
+    /// One checkpoint: the layer's writes in chunks of at most [`CHUNK`] keys, a flush,
+    /// the journal position they cover and another flush, then the removal of the journal
+    /// records it covers.
+    ///
+    /// No transaction is needed: a checkpoint cut short by a crash leaves some of the
+    /// layer's writes in the trees with `checkpointed_through` still at the previous
+    /// checkpoint, and replaying the journal from there rewrites every key the layer
+    /// holds with the same absolute values (journal records hold resolved writes, not
+    /// operations), so the result is the same. Meanwhile readers never see the partial
+    /// state: every key being written is still in the frozen layer, which reads consult
+    /// first. Chunks keep sled's memory per operation small (one transaction over a
+    /// whole layer made its memory grow with the layer).
     fn write_layer(&self, layer: &Layer, through: u64) -> StorageResult<()> {
-        let batches: Vec<(usize, sled::Batch)> = layer
-            .iter()
-            .enumerate()
-            .filter(|(_, writes)| !writes.is_empty())
-            .map(|(i, writes)| {
+        for (tree, writes) in layer.iter().enumerate() {
+            let entries: Vec<_> = writes.iter().collect();
+            for chunk in entries.chunks(CHUNK) {
                 let mut batch = sled::Batch::default();
-                for (key, staged) in writes {
+                for (key, staged) in chunk {
                     match &staged.value {
                         Some(value) => batch.insert(key.as_slice(), value.as_slice()),
                         None => batch.remove(key.as_slice()),
                     }
                 }
-                (i, batch)
-            })
-            .collect();
-        let data_trees = &self.trees[..DATA_TREES];
-        let result: Result<(), TransactionError<()>> = data_trees.transaction(|views| {
-            for (i, batch) in &batches {
-                views[*i].apply_batch(batch)?;
+                self.trees[tree]
+                    .apply_batch(batch)
+                    .map_err(|e| sled_error("writing a checkpoint", e))?;
             }
-            views[T::Meta as usize].insert(CHECKPOINT_KEY, through.to_be_bytes().to_vec())?;
-            Ok(())
-        });
-        result.map_err(|e| match e {
-            TransactionError::Storage(e) => sled_error("writing a checkpoint", e),
-            TransactionError::Abort(()) => {
-                StorageError::Io("checkpoint transaction aborted".into())
-            }
-        })?;
-        self.db
-            .flush()
-            .map_err(|e| sled_error("flushing a checkpoint", e))?;
+        }
+        let flush = |what| self.db.flush().map(|_| ()).map_err(|e| sled_error(what, e));
+        flush("flushing a checkpoint")?;
+        self.tree(T::Meta)
+            .insert(CHECKPOINT_KEY, &through.to_be_bytes())
+            .map_err(|e| sled_error("recording a checkpoint", e))?;
+        flush("flushing a checkpoint position")?;
         self.remove_journal_through(through)
     }
 

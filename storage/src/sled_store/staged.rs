@@ -13,13 +13,15 @@
 //! the active layer, and removing a key that exists only there drops it from the layer:
 //! a message queued and acknowledged between two checkpoints never reaches the trees.
 //!
-//! A **checkpoint** runs every `checkpoint_interval` or once the active layer holds
-//! `checkpoint_bytes`: the active layer is frozen, and a background thread writes what is
-//! left of it into the trees in one sled transaction together with the number of the last
-//! journal record it covers (`meta/checkpointed_through`), flushes, and only then deletes
-//! the covered journal records. Reads look at the active layer, then the frozen one, then
-//! the trees. If the frozen layer is still being written when the active one reaches
-//! `max_staged_bytes`, `apply` waits: memory stays bounded.
+//! A **checkpoint** runs every `checkpoint_interval`, or once the active layer holds
+//! `checkpoint_bytes` of entries older than ~1.5 s or half of `max_staged_bytes` in all:
+//! the active layer is frozen, and a background thread writes what is left of it into the
+//! trees (in chunks; see `checkpoint.rs` for why no transaction is needed), flushes,
+//! records the number of the last journal record it covers (`meta/checkpointed_through`),
+//! flushes again, and only then deletes the covered journal records. Reads look at the
+//! active layer, then the frozen one, then the trees. If the frozen layer is still being
+//! written when the active one reaches `max_staged_bytes`, `apply` waits: memory stays
+//! bounded.
 //!
 //! At open, journal records after `checkpointed_through` are replayed into the active
 //! layer in order and checkpointed; records at or below it (deleted after a crash cut
@@ -37,7 +39,18 @@ use std::time::Instant;
 pub(super) struct StagedValue {
     pub value: Option<Vec<u8>>,
     pub in_base: bool,
+    /// The age bucket (see `Layers::epoch`) the entry was staged in.
+    epoch: u64,
 }
+
+/// Live staged bytes are counted by age in buckets of this length...
+const EPOCH: std::time::Duration = std::time::Duration::from_millis(500);
+/// ... of which this many are "young"; older bytes count in `Layers::old_bytes`. An entry
+/// older than about 1.5 s is unlikely to be undone by an acknowledgement soon: it
+/// belongs to an offline or slow session, and is what a checkpoint should move out of
+/// memory. Young entries are mostly messages in flight to online subscribers, which net
+/// out of the layer on their own; checkpointing them writes them and then their removal.
+const YOUNG_EPOCHS: usize = 4;
 
 /// One layer: per tree (indexed like `T`), key → staged value.
 pub(super) type Layer = Vec<BTreeMap<Vec<u8>, StagedValue>>;
@@ -62,6 +75,13 @@ pub(super) struct Layers {
     pub active: Layer,
     /// Approximate bytes the active layer holds (keys, values and per-entry overhead).
     pub active_bytes: usize,
+    /// Of those, the bytes of entries staged more than `YOUNG_EPOCHS - 1` epochs ago.
+    pub old_bytes: usize,
+    /// Bytes of young entries by epoch (index `epoch % YOUNG_EPOCHS`).
+    young_bytes: [usize; YOUNG_EPOCHS],
+    /// The current age epoch and when it started.
+    epoch: u64,
+    epoch_started: Instant,
     /// Bytes of journal records written since the active layer was last frozen.
     pub journal_bytes: usize,
     /// When the active layer received its first write since it was last frozen.
@@ -80,6 +100,10 @@ impl Layers {
         Layers {
             active: vec![BTreeMap::new(); trees],
             active_bytes: 0,
+            old_bytes: 0,
+            young_bytes: [0; YOUNG_EPOCHS],
+            epoch: YOUNG_EPOCHS as u64,
+            epoch_started: Instant::now(),
             journal_bytes: 0,
             active_since: None,
             frozen: None,
@@ -104,24 +128,59 @@ impl Layers {
     /// writes a removal of a key that is not there.
     pub fn stage(&mut self, tree: usize, key: Vec<u8>, value: Option<Vec<u8>>, in_base: bool) {
         self.active_since.get_or_insert_with(Instant::now);
+        self.advance_epoch();
         let value_len = |v: &Option<Vec<u8>>| v.as_ref().map_or(0, Vec::len);
         let layer = &mut self.active[tree];
-        match layer.get_mut(&key) {
+        let (freed, added, epoch) = match layer.get_mut(&key) {
             Some(staged) if value.is_none() && !staged.in_base => {
                 let freed = entry_size(&key, value_len(&staged.value));
+                let epoch = staged.epoch;
                 layer.remove(&key);
-                self.active_bytes = self.active_bytes.saturating_sub(freed);
+                (freed, 0, epoch)
             }
             Some(staged) => {
-                self.active_bytes =
-                    self.active_bytes.saturating_sub(value_len(&staged.value)) + value_len(&value);
+                let freed = value_len(&staged.value);
+                let added = value_len(&value);
                 staged.value = value;
+                (freed, added, staged.epoch)
             }
-            None if value.is_none() && !in_base => {}
+            None if value.is_none() && !in_base => return,
             None => {
-                self.active_bytes += entry_size(&key, value_len(&value));
-                layer.insert(key, StagedValue { value, in_base });
+                let added = entry_size(&key, value_len(&value));
+                let epoch = self.epoch;
+                layer.insert(
+                    key,
+                    StagedValue {
+                        value,
+                        in_base,
+                        epoch,
+                    },
+                );
+                (0, added, epoch)
             }
+        };
+        self.active_bytes = self.active_bytes.saturating_sub(freed) + added;
+        let bucket = self.bucket(epoch);
+        *bucket = bucket.saturating_sub(freed) + added;
+    }
+
+    /// The byte counter of entries staged in `epoch`.
+    fn bucket(&mut self, epoch: u64) -> &mut usize {
+        if self.epoch - epoch >= YOUNG_EPOCHS as u64 {
+            &mut self.old_bytes
+        } else {
+            &mut self.young_bytes[(epoch % YOUNG_EPOCHS as u64) as usize]
+        }
+    }
+
+    /// Moves to the current epoch; the bytes of the epoch falling out of the young window
+    /// become old.
+    fn advance_epoch(&mut self) {
+        while self.epoch_started.elapsed() >= EPOCH {
+            self.epoch_started += EPOCH;
+            self.epoch += 1;
+            let slot = (self.epoch % YOUNG_EPOCHS as u64) as usize;
+            self.old_bytes += std::mem::take(&mut self.young_bytes[slot]);
         }
     }
 
@@ -136,6 +195,8 @@ impl Layers {
         self.frozen = Some(Arc::new(layer));
         self.frozen_through = through;
         self.active_bytes = 0;
+        self.old_bytes = 0;
+        self.young_bytes = [0; YOUNG_EPOCHS];
         self.journal_bytes = 0;
         self.active_since = None;
     }
