@@ -351,20 +351,24 @@ impl Durable {
         let count = ops.len();
         let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || {
+            let applying = std::time::Instant::now();
             store.apply(ops)?;
+            let apply_us = applying.elapsed().as_micros() as u64;
             if flush {
                 store.flush()?;
             }
-            Ok::<(), StorageError>(())
+            Ok::<u64, StorageError>(apply_us)
         })
         .await
         .unwrap_or_else(|e| Err(StorageError::Io(format!("commit task failed: {e}"))));
         tracing::trace!(
             ticket,
             count,
+            apply_us = result.as_ref().ok().copied(),
             elapsed_us = started.elapsed().as_micros() as u64,
             "commit"
         );
+        let result = result.map(|_| ());
         self.finish(ticket, result);
     }
 
