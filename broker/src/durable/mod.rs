@@ -14,7 +14,9 @@ pub mod sessions;
 
 use crate::config::{Durability, StorageFullPolicy};
 use rookery_storage::{Op, StorageError, Store};
-use std::collections::HashMap;
+// Fx hashing: these maps are hit several times per stored message. Client ids in the keys
+// are chosen by clients, but each map lives for one batch and holds only its entries.
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -229,8 +231,8 @@ impl Durable {
             pending: Mutex::new(Pending {
                 ops: Vec::new(),
                 ticket: 1,
-                enqueued: HashMap::new(),
-                messages: HashMap::new(),
+                enqueued: HashMap::default(),
+                messages: HashMap::default(),
             }),
             wake: Notify::new(),
             committed,

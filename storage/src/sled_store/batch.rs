@@ -6,7 +6,8 @@ use super::{sled_error, Shared, Writes, DATA_TREES, NEXT_ID_KEY, T};
 use crate::codec;
 use crate::store::check_client_id;
 use crate::{Op, StorageError, StorageResult};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A batch being evaluated: pending writes per tree over what is stored (staged layers,
 /// then the trees).
@@ -34,7 +35,7 @@ impl<'a> Overlay<'a> {
             store,
             writes: vec![BTreeMap::new(); DATA_TREES],
             absent: vec![BTreeSet::new(); DATA_TREES],
-            in_base: vec![HashMap::new(); DATA_TREES],
+            in_base: vec![HashMap::default(); DATA_TREES],
             counts: BTreeMap::new(),
             fresh_from,
             next_id: 0,

@@ -5,7 +5,7 @@ use super::staged::Layer;
 use super::{sled_error, Shared, Writes, CHECKPOINT_KEY, DATA_TREES, T};
 use crate::codec;
 use crate::{StorageError, StorageResult};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::time::Duration;
 
 /// Keys per sled batch in a checkpoint.
