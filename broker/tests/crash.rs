@@ -870,8 +870,14 @@ async fn flood_then_kill_b(
 // 7. Wills across a crash
 // ---------------------------------------------------------------------------------------
 
-/// Connects a persistent v5 session with a retained QoS 1 will on `topic`.
-async fn connect_with_will(addr: SocketAddr, id: &str, topic: &str) -> crash_support::Conn {
+/// Connects a persistent v5 session with a retained QoS 1 will on `topic`, published
+/// `delay` seconds after the connection ends.
+async fn connect_with_will(
+    addr: SocketAddr,
+    id: &str,
+    topic: &str,
+    delay: u32,
+) -> crash_support::Conn {
     use rookery::codec::{LastWill, MqttStr, Packet, Properties};
     let mut conn = crash_support::Conn::open(addr, V5).await.expect("connects");
     let mut connect = crash_support::connect_packet(V5, id, true, Some(3600));
@@ -880,7 +886,10 @@ async fn connect_with_will(addr: SocketAddr, id: &str, topic: &str) -> crash_sup
         payload: Bytes::from_static(b"gone"),
         qos: QoS::AtLeastOnce,
         retain: true,
-        properties: Properties::default(),
+        properties: Properties {
+            will_delay_interval: (delay > 0).then_some(delay),
+            ..Properties::default()
+        },
     });
     conn.send(&Packet::Connect(Box::new(connect)))
         .await
@@ -908,10 +917,20 @@ async fn the_will_of_a_client_connected_at_kill_9_is_published_after_the_restart
         .await;
     sub.disconnect().await;
 
-    let crashed =
-        connect_with_will(broker.addr, &format!("{test}-crashed"), "crashwill/crashed").await;
-    let mut polite =
-        connect_with_will(broker.addr, &format!("{test}-polite"), "crashwill/polite").await;
+    let crashed = connect_with_will(
+        broker.addr,
+        &format!("{test}-crashed"),
+        "crashwill/crashed",
+        0,
+    )
+    .await;
+    let mut polite = connect_with_will(
+        broker.addr,
+        &format!("{test}-polite"),
+        "crashwill/polite",
+        0,
+    )
+    .await;
     polite
         .send(&Packet::Disconnect(Disconnect::default()))
         .await
@@ -961,6 +980,41 @@ async fn the_will_of_a_client_connected_at_kill_9_is_published_after_the_restart
     sub.connect_expecting(broker.addr, false, true).await;
     sub.run(QUIET, WAIT, |_| false).await;
     assert_eq!(sub.received.len(), 1, "{:?}", sub.received);
+    println!("[{test}] passed");
+    broker.kill9().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_will_published_before_kill_9_is_not_published_again() {
+    let _serial = serial().await;
+    let test = "will-delayed";
+    let mut ws = Workspace::new(test);
+    let settings = Settings::durability("strict");
+    let mut broker = ws.start(&settings).await;
+    let mut sub = Client::new(&format!("{test}-sub"), V5, Some(3600));
+    sub.connect_expecting(broker.addr, true, false).await;
+    sub.subscribe_granted(&[("delayedwill/#", QoS::AtLeastOnce)])
+        .await;
+    let client = connect_with_will(broker.addr, &format!("{test}-c"), "delayedwill/c", 1).await;
+    drop(client); // the connection ends without DISCONNECT: the will is due in 1 s
+    sub.run(Duration::from_secs(3), Duration::from_secs(5), |c| {
+        !c.received.is_empty()
+    })
+    .await;
+    assert_eq!(sub.received.len(), 1, "the will, once: {:?}", sub.received);
+    // Let the record without the will reach the disk (nothing acknowledges it).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.kill9().await;
+    sub.drop_connection();
+    broker = ws.start(&settings).await;
+    sub.connect_expecting(broker.addr, false, true).await;
+    sub.run(Duration::from_secs(2), WAIT, |_| false).await;
+    assert_eq!(
+        sub.received.len(),
+        1,
+        "not published again after the restart: {:?}",
+        sub.received
+    );
     println!("[{test}] passed");
     broker.kill9().await;
 }

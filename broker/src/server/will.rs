@@ -32,9 +32,24 @@ pub(super) fn schedule(
             tracing::debug!(%client_id, "client reconnected: delayed will cancelled");
             return;
         }
-        publish(&broker, will, client_id);
+        publish(&broker, will, client_id.clone());
+        forget_stored_will(&broker, &client_id, connection_id);
     });
     false
+}
+
+/// After a delayed will was published: the session's record no longer carries it, so a
+/// restart does not publish it again.
+fn forget_stored_will(broker: &Broker, client_id: &str, connection_id: u64) {
+    broker
+        .registry
+        .with_parked(client_id, connection_id, |state| {
+            if state.will.take().is_some() {
+                // Still offline: the record keeps its disconnect time for the expiry only
+                // approximately (it becomes now), at most the will delay later.
+                broker.persist_session(client_id, state, true);
+            }
+        });
 }
 
 /// The will as a persistent session's record keeps it.
@@ -74,6 +89,7 @@ pub(super) fn schedule_recovered(
         }
         tracing::debug!(%client_id, "publishing a delayed will recovered after a restart");
         broker.router.publish(message, None);
+        forget_stored_will(&broker, &client_id, 0);
     });
 }
 

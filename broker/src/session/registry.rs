@@ -250,6 +250,22 @@ impl Registry {
             .is_some_and(|e| e.last_connection_id != connection_id)
     }
 
+    /// Runs `f` on the parked state of a session nobody reconnected to since connection
+    /// `connection_id` (0: since the start); `None` if there is no such state.
+    pub fn with_parked<R>(
+        &self,
+        client_id: &str,
+        connection_id: u64,
+        f: impl FnOnce(&mut SessionState) -> R,
+    ) -> Option<R> {
+        let mut sessions = self.lock();
+        let entry = sessions.get_mut(client_id)?;
+        if entry.last_connection_id != connection_id {
+            return None;
+        }
+        entry.parked.as_mut().map(f)
+    }
+
     pub fn len(&self) -> usize {
         self.lock().len()
     }
