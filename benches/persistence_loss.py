@@ -51,6 +51,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import free_port, tail  # noqa: E402
+
 try:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -72,12 +75,6 @@ def target_dir() -> Path:
         p = Path(env)
         return p if p.is_absolute() else REPO / p
     return REPO / "target"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_status_kb(pid: int, key: str) -> int | None:
@@ -254,13 +251,6 @@ class Broker:
         except OSError:
             pass
         return out
-
-
-def tail(path: Path, lines: int = 5) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 # --------------------------------------------------------------------------- clients

@@ -870,6 +870,14 @@ async fn flood_then_kill_b(
 // 7. Wills across a crash
 // ---------------------------------------------------------------------------------------
 
+/// A new persistent v5 session subscribed to `filter` at QoS 1.
+async fn will_subscriber(addr: SocketAddr, id: &str, filter: &str) -> Client {
+    let mut sub = Client::new(id, V5, Some(3600));
+    sub.connect_expecting(addr, true, false).await;
+    sub.subscribe_granted(&[(filter, QoS::AtLeastOnce)]).await;
+    sub
+}
+
 /// Connects a persistent v5 session with a retained QoS 1 will on `topic`, published
 /// `delay` seconds after the connection ends.
 async fn connect_with_will(
@@ -911,10 +919,7 @@ async fn the_will_of_a_client_connected_at_kill_9_is_published_after_the_restart
     let mut broker = ws.start(&settings).await;
     // An offline persistent subscriber on the will topics: it must get the crashed
     // client's will queued, and not the will of the client that disconnected normally.
-    let mut sub = Client::new(&format!("{test}-sub"), V5, Some(3600));
-    sub.connect_expecting(broker.addr, true, false).await;
-    sub.subscribe_granted(&[("crashwill/#", QoS::AtLeastOnce)])
-        .await;
+    let mut sub = will_subscriber(broker.addr, &format!("{test}-sub"), "crashwill/#").await;
     sub.disconnect().await;
 
     let crashed = connect_with_will(
@@ -991,10 +996,7 @@ async fn a_delayed_will_published_before_kill_9_is_not_published_again() {
     let mut ws = Workspace::new(test);
     let settings = Settings::durability("strict");
     let mut broker = ws.start(&settings).await;
-    let mut sub = Client::new(&format!("{test}-sub"), V5, Some(3600));
-    sub.connect_expecting(broker.addr, true, false).await;
-    sub.subscribe_granted(&[("delayedwill/#", QoS::AtLeastOnce)])
-        .await;
+    let mut sub = will_subscriber(broker.addr, &format!("{test}-sub"), "delayedwill/#").await;
     let client = connect_with_will(broker.addr, &format!("{test}-c"), "delayedwill/c", 1).await;
     drop(client); // the connection ends without DISCONNECT: the will is due in 1 s
     sub.run(Duration::from_secs(3), Duration::from_secs(5), |c| {

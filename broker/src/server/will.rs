@@ -22,17 +22,43 @@ pub(super) fn schedule(
         .will_delay_interval
         .unwrap_or(0)
         .min(session_expiry);
-    if delay == 0 {
-        publish(&broker, will, client_id);
+    // Built when published, so that a message expiry counts from the publication.
+    let publisher = client_id.clone();
+    publish_after(
+        &broker,
+        move || Message::new(will_publish(will), publisher),
+        client_id,
+        connection_id,
+        Duration::from_secs(u64::from(delay)),
+    )
+}
+
+/// Publishes the will `message` builds now (returns true), or after `delay` unless a
+/// connection other than `connection_id` attached to the client id meanwhile
+/// [MQTT-3.1.3-9] (false).
+fn publish_after(
+    broker: &Arc<Broker>,
+    message: impl FnOnce() -> Message + Send + 'static,
+    client_id: Arc<str>,
+    connection_id: u64,
+    delay: Duration,
+) -> bool {
+    if delay.is_zero() {
+        let message = message();
+        tracing::debug!(%client_id, topic = %message.topic, "publishing will");
+        broker.router.publish(message, None);
         return true;
     }
+    let broker = broker.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+        tokio::time::sleep(delay).await;
         if broker.registry.reconnected_since(&client_id, connection_id) {
             tracing::debug!(%client_id, "client reconnected: delayed will cancelled");
             return;
         }
-        publish(&broker, will, client_id.clone());
+        let message = message();
+        tracing::debug!(%client_id, topic = %message.topic, "publishing delayed will");
+        broker.router.publish(message, None);
         forget_stored_will(&broker, &client_id, connection_id);
     });
     false
@@ -75,22 +101,8 @@ pub(super) fn schedule_recovered(
         return;
     };
     message.retain = will.retain;
-    if remaining.is_zero() {
-        tracing::debug!(%client_id, "publishing a will recovered after a restart");
-        broker.router.publish(message, None);
-        return;
-    }
-    let broker = broker.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(remaining).await;
-        // Connection ids start at 1: any connection since the restart is a reconnect.
-        if broker.registry.reconnected_since(&client_id, 0) {
-            return;
-        }
-        tracing::debug!(%client_id, "publishing a delayed will recovered after a restart");
-        broker.router.publish(message, None);
-        forget_stored_will(&broker, &client_id, 0);
-    });
+    // Connection ids start at 1: any connection since the restart is a reconnect.
+    publish_after(broker, move || message, client_id, 0, remaining);
 }
 
 /// What is left of a recovered session's will delay (capped by its session expiry
@@ -117,12 +129,4 @@ fn will_publish(will: LastWill) -> Publish {
         properties,
         payload: will.payload,
     }
-}
-
-fn publish(broker: &Broker, will: LastWill, client_id: Arc<str>) {
-    let publish = will_publish(will);
-    tracing::debug!(%client_id, topic = %publish.topic, "publishing will");
-    broker
-        .router
-        .publish(Message::new(publish, client_id), None);
 }

@@ -46,6 +46,7 @@ impl Shared {
         journal_bytes: usize,
     ) {
         let mut layers = self.layers();
+        layers.begin_batch();
         layers.journal_bytes += journal_bytes;
         for (tree, writes) in writes.into_iter().enumerate() {
             for (key, value) in writes {
@@ -210,6 +211,7 @@ impl Shared {
             for kv in self.tree(T::Journal).iter() {
                 let (key, value) = kv.map_err(|e| sled_error("reading the journal", e))?;
                 let number = codec::decode_u64(&key, "journal key")?;
+                layers.begin_batch();
                 for (tree, key, value) in codec::decode_journal(&value)? {
                     if usize::from(tree) >= DATA_TREES {
                         return Err(StorageError::Corrupt(format!(

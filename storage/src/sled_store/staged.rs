@@ -126,9 +126,9 @@ impl Layers {
     /// Stages one resolved write. `in_base`: whether the key has a value below the active
     /// layer, if the batch knows (it read the key); unknown counts as yes, which at worst
     /// writes a removal of a key that is not there.
+    ///
+    /// Call [`Layers::begin_batch`] first: it sets the clock the entries are aged by.
     pub fn stage(&mut self, tree: usize, key: Vec<u8>, value: Option<Vec<u8>>, in_base: bool) {
-        self.active_since.get_or_insert_with(Instant::now);
-        self.advance_epoch();
         let value_len = |v: &Option<Vec<u8>>| v.as_ref().map_or(0, Vec::len);
         let layer = &mut self.active[tree];
         let (freed, added, epoch) = match layer.get_mut(&key) {
@@ -173,9 +173,11 @@ impl Layers {
         }
     }
 
-    /// Moves to the current epoch; the bytes of the epoch falling out of the young window
-    /// become old.
-    fn advance_epoch(&mut self) {
+    /// Before staging a batch: starts the active layer's age if it is new, and moves to
+    /// the current epoch (the bytes of the epoch falling out of the young window become
+    /// old). Once per batch rather than per key: a batch is staged at one moment.
+    pub fn begin_batch(&mut self) {
+        self.active_since.get_or_insert_with(Instant::now);
         while self.epoch_started.elapsed() >= EPOCH {
             self.epoch_started += EPOCH;
             self.epoch += 1;
@@ -208,40 +210,40 @@ impl Layers {
         start: &[u8],
         end: &[u8],
     ) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
-        let mut merged = BTreeMap::new();
         let bounds = (
             std::ops::Bound::Included(start.to_vec()),
             std::ops::Bound::Included(end.to_vec()),
         );
-        let layers = self
-            .frozen
-            .iter()
-            .map(|f| &f[tree])
-            .chain([&self.active[tree]]);
-        for layer in layers {
-            for (key, staged) in layer.range::<Vec<u8>, _>(bounds.clone()) {
-                merged.insert(key.clone(), staged.value.clone());
-            }
-        }
-        merged
+        self.merged(tree, |layer| layer.range::<Vec<u8>, _>(bounds.clone()))
     }
 
     /// Staged keys of `tree` starting with `prefix`, the active layer over the frozen one.
     pub fn prefixed(&self, tree: usize, prefix: &[u8]) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
-        let mut merged = BTreeMap::new();
+        self.merged(tree, |layer| {
+            layer
+                .range(prefix.to_vec()..)
+                .take_while(|(key, _)| key.starts_with(prefix))
+        })
+    }
+
+    /// What `select` picks from the frozen layer of `tree`, overwritten by what it picks
+    /// from the active one.
+    fn merged<'a, I>(
+        &'a self,
+        tree: usize,
+        select: impl Fn(&'a BTreeMap<Vec<u8>, StagedValue>) -> I,
+    ) -> BTreeMap<Vec<u8>, Option<Vec<u8>>>
+    where
+        I: Iterator<Item = (&'a Vec<u8>, &'a StagedValue)>,
+    {
         let layers = self
             .frozen
             .iter()
             .map(|f| &f[tree])
             .chain([&self.active[tree]]);
-        for layer in layers {
-            let matching = layer
-                .range(prefix.to_vec()..)
-                .take_while(|(key, _)| key.starts_with(prefix));
-            for (key, staged) in matching {
-                merged.insert(key.clone(), staged.value.clone());
-            }
-        }
-        merged
+        layers
+            .flat_map(select)
+            .map(|(key, staged)| (key.clone(), staged.value.clone()))
+            .collect()
     }
 }
