@@ -7,6 +7,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+// The commit path and the router allocate many small, short-lived buffers across
+// threads; mimalloc's per-thread free lists cost less there than glibc's malloc, whose
+// consolidation of freed chunks showed up as ~10% of broker CPU in `strict` profiles.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "rookery",
