@@ -105,6 +105,11 @@ pub struct StorageConfig {
     /// With `batched`: the longest time an acknowledged message may wait for its fsync
     /// (the loss window after a crash).
     pub flush_interval_ms: u64,
+    /// With `strict` and `batched`: how long a stored operation waits in memory before it
+    /// is written, so that a message its (online) subscriber acknowledges within that time
+    /// is never written at all. Acknowledgements that wait for a commit wait this much
+    /// longer (see `durable/mod.rs`, "Write-behind"). 0 = write as soon as possible.
+    pub write_behind_ms: u64,
     /// Global storage limit: the store may take this many bytes on disk (0 = no limit).
     pub max_bytes: u64,
     /// Storage is also full when the data directory's file system has less free space
@@ -184,6 +189,7 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("./rookery-data"),
             durability: Durability::Strict,
             flush_interval_ms: 100,
+            write_behind_ms: 20,
             max_bytes: 0,
             min_free_bytes: 256 * 1024 * 1024,
             full_policy: StorageFullPolicy::Refuse,

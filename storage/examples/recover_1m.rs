@@ -80,7 +80,7 @@ fn fill(dir: &Path, sessions: u64, per_session: u64, shared: bool) {
     if shared {
         // The messages first (kept alive by the first session's queue), then one batch
         // per further session queueing all of them again.
-        let mut batch = vec![Op::PutSession(session(0))];
+        let mut batch = vec![Op::PutSession(Box::new(session(0)))];
         for m in 0..per_session {
             batch.push(Op::PutMessage {
                 id: m + 1,
@@ -98,7 +98,7 @@ fn fill(dir: &Path, sessions: u64, per_session: u64, shared: bool) {
     }
     for s in u64::from(shared)..sessions {
         let client_id = session(s).client_id;
-        let mut batch = vec![Op::PutSession(session(s))];
+        let mut batch = vec![Op::PutSession(Box::new(session(s)))];
         for m in 0..per_session {
             let id = if shared {
                 m + 1

@@ -110,7 +110,7 @@ impl MemoryState {
                 self.retained.remove(&topic);
             }
             Op::PutSession(session) => {
-                self.sessions.insert(session.client_id.clone(), session);
+                self.sessions.insert(session.client_id.clone(), *session);
             }
             Op::RemoveSession { client_id } => {
                 self.sessions.remove(&client_id);

@@ -90,7 +90,9 @@ pub enum Op {
     RemoveRetained {
         topic: String,
     },
-    PutSession(StoredSession),
+    /// Boxed: sessions are written rarely, and the largest variant sets the size of
+    /// every `Op` the commit path moves around.
+    PutSession(Box<StoredSession>),
     /// Removes the session with its queue, in-flight and incoming records.
     RemoveSession {
         client_id: String,

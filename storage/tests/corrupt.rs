@@ -14,7 +14,7 @@ fn populated() -> tempfile::TempDir {
     let store = common::open_after_drop(dir.path()).unwrap();
     store
         .apply(vec![
-            Op::PutSession(session("c", 3)),
+            Op::PutSession(Box::new(session("c", 3))),
             Op::PutMessage {
                 id: 1,
                 message: message("a", b"1", 1),

@@ -37,7 +37,7 @@ fn batch(n: u64) -> Vec<Op> {
             entry: queue_entry(n, n),
         },
         Op::PutRetained(message(&format!("r/{}", n % 4), &n.to_be_bytes(), n)),
-        Op::PutSession(session(&client(n), n)),
+        Op::PutSession(Box::new(session(&client(n), n))),
         // Replaces an older in-flight entry most of the time: moves a reference.
         Op::PutInflight {
             client_id: client(n + 1),

@@ -66,7 +66,7 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
         1 => (client(), pid()).prop_map(|(client_id, packet_id)| vec![
             Op::RemoveIncoming { client_id, packet_id }
         ]),
-        2 => (client(), stamp.clone()).prop_map(|(c, stamp)| vec![Op::PutSession(session(&c, stamp))]),
+        2 => (client(), stamp.clone()).prop_map(|(c, stamp)| vec![Op::PutSession(Box::new(session(&c, stamp)))]),
         1 => client().prop_map(|client_id| vec![Op::RemoveSession { client_id }]),
         1 => ("[a-c]{0,2}", stamp).prop_map(|(topic, stamp)| vec![
             Op::PutRetained(message(&topic, b"r", stamp))

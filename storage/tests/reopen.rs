@@ -15,7 +15,7 @@ fn batches() -> Vec<Vec<Op>> {
                     id: n,
                     message: message(&format!("t/{n}"), &[n as u8; 40], n),
                 },
-                Op::PutSession(session(&client(n), n)),
+                Op::PutSession(Box::new(session(&client(n), n))),
             ];
             // Each message queued for two sessions (stored once, counted twice).
             for k in [n, n + 1] {

@@ -16,11 +16,11 @@ impl Durable {
         state: &SessionState,
         disconnected: bool,
     ) -> Ticket {
-        self.submit([Op::PutSession(session_record(
+        self.submit([Op::PutSession(Box::new(session_record(
             client_id,
             state,
             disconnected,
-        ))])
+        )))])
     }
 
     /// Removes a session with its queue and in-flight records.

@@ -192,8 +192,10 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
         tokio::spawn(crate::sys::publish_periodically(broker.clone())),
     ];
     let commit_task = durable.as_ref().map(|durable| {
-        let interval = Duration::from_millis(broker.config.storage.flush_interval_ms.max(1));
-        tokio::spawn(durable.clone().run(interval))
+        let storage = &broker.config.storage;
+        let interval = Duration::from_millis(storage.flush_interval_ms.max(1));
+        let write_behind = Duration::from_millis(storage.write_behind_ms);
+        tokio::spawn(durable.clone().run(interval, write_behind))
     });
     if let Some(durable) = &durable {
         let limits = crate::durable::capacity::Limits::from_config(&broker.config.storage);
@@ -334,14 +336,14 @@ fn restore_sessions(broker: &Arc<Broker>, sessions: Vec<rookery_storage::Recover
                 state.will = Some(Box::new(will.clone()));
             } else if let Some(durable) = &broker.durable {
                 // Published now: the record no longer carries it.
-                durable.submit([rookery_storage::Op::PutSession(
+                durable.submit([rookery_storage::Op::PutSession(Box::new(
                     rookery_storage::StoredSession {
                         will: None,
                         will_retain: false,
                         will_delay: 0,
                         ..stored.clone()
                     },
-                )]);
+                ))]);
             }
             wills.push((will, client_id.clone(), remaining));
         }

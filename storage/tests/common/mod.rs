@@ -61,7 +61,7 @@ impl Model {
             }
             Op::PutSession(s) => {
                 client_ok(&s.client_id)?;
-                self.sessions.insert(s.client_id.clone(), s);
+                self.sessions.insert(s.client_id.clone(), *s);
             }
             Op::RemoveSession { client_id } => {
                 client_ok(&client_id)?;
