@@ -6,15 +6,19 @@
 //! previous commit ran, applies it as one atomic batch and — with `strict` durability —
 //! flushes once, so one fsync serves all of them.
 //!
-//! **Write-behind** (`[storage] write_behind_ms`): the worker takes only operations at
-//! least that old. A message stored for an online persistent subscriber is usually
-//! acknowledged by it within a few milliseconds; if that happens while its entry still
-//! waits here, entry and message are cancelled and never written, and the publisher's
-//! PUBACK goes at once (see [`AckGate`]). Without the wait, an entry submitted just before
+//! **Write-behind** (`[storage] write_behind_ms`): operations submitted with
+//! [`Durable::submit_behind`] — a message stored for an online persistent subscriber and
+//! sent to it at once — are due only that long after their submission; the worker takes
+//! the operations that are due, up to the first that is not (a batch is a prefix of the
+//! sequence). Such a message is usually acknowledged within a few milliseconds; if that
+//! happens while its entry still waits here, entry and message are cancelled and never
+//! written, and the publisher's PUBACK goes at once (see [`AckGate`]). Without the wait, an entry submitted just before
 //! the worker takes a batch is written, then removed again a moment later: in the
 //! 50-pair benchmark that was 29% of the messages, each costing ~19 µs of commit work.
-//! The price: an acknowledgement that does wait for a commit (a message for an offline
-//! or slow subscriber, a QoS 2 PUBREC, a persistent SUBACK) waits up to that much longer. Acknowledgements that promise
+//! The price: an acknowledgement that does wait for a commit while such entries are
+//! pending (a message the online subscriber does not acknowledge in time; anything
+//! submitted behind such an entry) waits up to that much longer. Everything else is due
+//! at once, so a flood to offline sessions is not slowed down. Acknowledgements that promise
 //! durability (PUBACK / PUBREC of a stored message) wait for their ticket; nothing else
 //! does. With `batched` durability tickets complete when the batch is applied (without
 //! fsync) and a timer flushes every `flush_interval_ms`, so acknowledgements wait for the
@@ -64,7 +68,7 @@ impl Cancelled {
 impl Pending {
     /// Adds an operation, or cancels it against a pending one; true if something is
     /// left to commit.
-    fn push(&mut self, op: Op, at: Instant, cancelled: &mut Cancelled) -> bool {
+    fn push(&mut self, op: Op, due: Instant, cancelled: &mut Cancelled) -> bool {
         let position = self.end();
         match op {
             Op::Dequeue {
@@ -105,7 +109,7 @@ impl Pending {
                         client_id,
                         sequence,
                     },
-                    at,
+                    due,
                 );
             }
             Op::Enqueue {
@@ -125,7 +129,7 @@ impl Pending {
                         sequence,
                         entry,
                     },
-                    at,
+                    due,
                 );
             }
             Op::PutInflight {
@@ -144,7 +148,7 @@ impl Pending {
                         packet_id,
                         entry,
                     },
-                    at,
+                    due,
                 );
             }
             Op::PutMessage { id, message } => {
@@ -158,9 +162,9 @@ impl Pending {
                         gate: None,
                     },
                 );
-                self.append(Op::PutMessage { id, message }, at);
+                self.append(Op::PutMessage { id, message }, due);
             }
-            other => self.append(other, at),
+            other => self.append(other, due),
         }
         true
     }
@@ -170,8 +174,8 @@ impl Pending {
         self.base + self.slots.len() as Ticket
     }
 
-    fn append(&mut self, op: Op, at: Instant) {
-        self.slots.push_back(Slot { op: Some(op), at });
+    fn append(&mut self, op: Op, due: Instant) {
+        self.slots.push_back(Slot { op: Some(op), due });
     }
 
     fn slot(&self, position: Ticket) -> Option<&Option<Op>> {
@@ -186,11 +190,14 @@ impl Pending {
             .map(|s| &mut s.op)
     }
 
-    /// Takes the pending operations submitted at or before `cutoff` (all with `None`) as
-    /// the next batch: its operations and the tickets it covers, `start..end`.
-    fn take(&mut self, cutoff: Option<Instant>) -> (Vec<Op>, Ticket, Ticket) {
-        let mut cut = match cutoff {
-            Some(cutoff) => self.base + self.slots.partition_point(|s| s.at <= cutoff) as Ticket,
+    /// Takes the pending operations up to the first one not due at `now` (all with
+    /// `None`) as the next batch: its operations and the tickets it covers, `start..end`.
+    fn take(&mut self, now: Option<Instant>) -> (Vec<Op>, Ticket, Ticket) {
+        let mut cut = match now {
+            Some(now) => {
+                let due = self.slots.iter().position(|s| s.due > now);
+                self.base + due.unwrap_or(self.slots.len()) as Ticket
+            }
             None => self.end(),
         };
         // A routed message put before the cut whose entries go on after it: take those
@@ -276,8 +283,8 @@ impl Committed {
 struct Slot {
     /// `None` where the operation was cancelled before it reached the store.
     op: Option<Op>,
-    /// When it was submitted (see "Write-behind").
-    at: Instant,
+    /// When it may be written (see "Write-behind").
+    due: Instant,
 }
 
 struct Pending {
@@ -338,6 +345,8 @@ pub struct Durable {
     /// Storage is full (see `capacity.rs`): new durable work is refused or dropped.
     full: std::sync::atomic::AtomicBool,
     full_policy: StorageFullPolicy,
+    /// See "Write-behind".
+    write_behind: Duration,
     /// Held for each commit, so that commits never overlap (their order is the order of
     /// the operations) — also the final one at shutdown.
     commit_gate: tokio::sync::Mutex<()>,
@@ -349,6 +358,7 @@ impl Durable {
         mode: Durability,
         next_message_id: u64,
         full_policy: StorageFullPolicy,
+        write_behind: Duration,
     ) -> Arc<Durable> {
         let (committed, _) = watch::channel(Committed::default());
         Arc::new(Durable {
@@ -365,6 +375,7 @@ impl Durable {
             next_message_id: AtomicU64::new(next_message_id.max(1)),
             full: std::sync::atomic::AtomicBool::new(false),
             full_policy,
+            write_behind,
             commit_gate: tokio::sync::Mutex::new(()),
         })
     }
@@ -380,7 +391,16 @@ impl Durable {
 
     /// Queues operations for the next commit and returns its ticket. Never blocks on I/O.
     pub fn submit(&self, ops: impl IntoIterator<Item = Op>) -> Ticket {
-        let at = Instant::now();
+        self.submit_due(ops, Instant::now())
+    }
+
+    /// Like [`Durable::submit`], for operations that an acknowledgement expected soon
+    /// may cancel: they are written only once `write_behind` has passed.
+    pub fn submit_behind(&self, ops: impl IntoIterator<Item = Op>) -> Ticket {
+        self.submit_due(ops, Instant::now() + self.write_behind)
+    }
+
+    fn submit_due(&self, ops: impl IntoIterator<Item = Op>, at: Instant) -> Ticket {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let mut added = false;
         let mut cancelled = Cancelled::default();
@@ -446,9 +466,9 @@ impl Durable {
         *self.committed.borrow()
     }
 
-    /// The commit worker: runs for the broker's lifetime. Commits whatever is pending
-    /// once its oldest operation is `write_behind` old (see "Write-behind").
-    pub async fn run(self: Arc<Self>, flush_interval: Duration, write_behind: Duration) {
+    /// The commit worker: runs for the broker's lifetime. Commits what is pending once
+    /// its oldest operation is due (see "Write-behind").
+    pub async fn run(self: Arc<Self>, flush_interval: Duration) {
         if self.mode == Durability::Batched {
             tokio::spawn(self.clone().flush_periodically(flush_interval));
         }
@@ -456,31 +476,28 @@ impl Durable {
         loop {
             self.wake.notified().await;
             loop {
-                let oldest = {
+                let due = {
                     let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                    pending.slots.front().map(|slot| slot.at)
+                    pending.slots.front().map(|slot| slot.due)
                 };
-                let Some(oldest) = oldest else {
+                let Some(due) = due else {
                     break;
                 };
-                let due = oldest + write_behind;
                 if due > Instant::now() {
                     tokio::time::sleep_until(due.into()).await;
                 }
-                let cutoff = Instant::now().checked_sub(write_behind);
-                self.commit_pending(flush, Some(cutoff.unwrap_or(oldest)))
-                    .await;
+                self.commit_pending(flush, Some(Instant::now())).await;
             }
         }
     }
 
-    /// Applies (and, if `flush`, fsyncs) what was submitted at or before `cutoff` (all
-    /// with `None`) as one batch.
-    async fn commit_pending(&self, flush: bool, cutoff: Option<Instant>) {
+    /// Applies (and, if `flush`, fsyncs) what is due at `now` (all with `None`) as one
+    /// batch.
+    async fn commit_pending(&self, flush: bool, now: Option<Instant>) {
         let _gate = self.commit_gate.lock().await;
         let (ops, start, end) = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let taken = pending.take(cutoff);
+            let taken = pending.take(now);
             tracing::trace!(
                 slots = taken.2 - taken.1,
                 kept = taken.0.len(),
@@ -572,9 +589,12 @@ mod tests {
             Durability::Strict,
             1,
             StorageFullPolicy::Refuse,
+            Duration::from_millis(20),
         )
     }
 
+    /// Queues an entry (with its message) for an online subscriber: due after the
+    /// write-behind.
     fn queue(durable: &Durable, id: u64, client: &str, sequence: u64, with_message: bool) {
         let message = with_message.then(|| Op::PutMessage {
             id,
@@ -598,7 +618,7 @@ mod tests {
                 subscription_ids: vec![],
             },
         };
-        durable.submit(message.into_iter().chain([enqueue]));
+        durable.submit_behind(message.into_iter().chain([enqueue]));
     }
 
     fn dequeue(durable: &Durable, client: &str, sequence: u64) {
@@ -660,10 +680,10 @@ mod tests {
         assert!(durable.routing_done(2, None).is_none());
     }
 
-    /// The slot times of the pending operations, oldest first.
-    fn submitted_at(durable: &Durable) -> Vec<Instant> {
+    /// When each pending operation is due, oldest first.
+    fn due(durable: &Durable) -> Vec<Instant> {
         let pending = durable.pending.lock().unwrap();
-        pending.slots.iter().map(|s| s.at).collect()
+        pending.slots.iter().map(|s| s.due).collect()
     }
 
     fn take(durable: &Durable, cutoff: Option<Instant>) -> (usize, Ticket, Ticket) {
@@ -672,12 +692,12 @@ mod tests {
     }
 
     #[test]
-    fn write_behind_takes_only_operations_old_enough_and_tickets_are_positions() {
+    fn write_behind_takes_only_operations_due_and_tickets_are_positions() {
         let durable = durable();
         queue(&durable, 1, "a", 1, true);
         std::thread::sleep(Duration::from_millis(2));
         queue(&durable, 2, "a", 2, true);
-        let at = submitted_at(&durable);
+        let at = due(&durable);
         assert_eq!(at.len(), 4);
         assert!(at[1] < at[2]);
         // Message 1 and its entry are old enough; message 2 waits for the next batch.
@@ -695,6 +715,14 @@ mod tests {
         dequeue(&durable, "a", 2);
         assert_eq!(pending_ops(&durable), 0, "entry and message cancelled");
         assert_eq!(take(&durable, None), (0, 2, 4));
+
+        // Other operations are due at once, but not before what was submitted earlier.
+        queue(&durable, 3, "a", 3, true);
+        dequeue(&durable, "b", 9);
+        let at = due(&durable);
+        assert!(at[2] < at[0], "the Dequeue is due before the entry");
+        assert_eq!(take(&durable, Some(at[2])), (0, 4, 4), "behind the entry");
+        assert_eq!(take(&durable, Some(at[0])), (3, 4, 7));
     }
 
     #[test]
@@ -706,7 +734,7 @@ mod tests {
         durable.routing_done(1, None);
         // "a" acknowledges: its entry is cancelled, but "b"'s still needs the message.
         dequeue(&durable, "a", 1);
-        let at = submitted_at(&durable);
+        let at = due(&durable);
         // A cut after the message alone would leave a batch with the message and no entry
         // (so not written) and a later batch with an entry naming it: the cut moves on.
         assert_eq!(

@@ -192,10 +192,8 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
         tokio::spawn(crate::sys::publish_periodically(broker.clone())),
     ];
     let commit_task = durable.as_ref().map(|durable| {
-        let storage = &broker.config.storage;
-        let interval = Duration::from_millis(storage.flush_interval_ms.max(1));
-        let write_behind = Duration::from_millis(storage.write_behind_ms);
-        tokio::spawn(durable.clone().run(interval, write_behind))
+        let interval = Duration::from_millis(broker.config.storage.flush_interval_ms.max(1));
+        tokio::spawn(durable.clone().run(interval))
     });
     if let Some(durable) = &durable {
         let limits = crate::durable::capacity::Limits::from_config(&broker.config.storage);
@@ -275,6 +273,7 @@ fn open_storage(config: &Config) -> Result<(Option<Arc<Durable>>, Recovered), St
         config.storage.durability,
         recovered.next_message_id,
         config.storage.full_policy,
+        Duration::from_millis(config.storage.write_behind_ms),
     );
     Ok((Some(durable), recovered))
 }

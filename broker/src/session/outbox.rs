@@ -282,15 +282,22 @@ impl Outbox {
                 subscription_ids: delivery.subscription_ids.clone(),
             },
         };
-        let ticket = durable.submit(
-            evicted
-                .into_iter()
-                .chain(store_message.take())
-                .chain([enqueue]),
-        );
-        delivery.stored = Some(StoredRef { seq, message_id });
         let contiguous = disk.loaded_through + 1 == seq;
-        if online && contiguous && in_memory_room {
+        let delivered_now = online && contiguous && in_memory_room;
+        let ops = evicted
+            .into_iter()
+            .chain(store_message.take())
+            .chain([enqueue]);
+        // Sent to the subscriber at once: its acknowledgement may well come before the
+        // entry is due to be written, so let the entry wait (write-behind). An entry for
+        // an offline or backlogged session is written as soon as possible.
+        let ticket = if delivered_now {
+            durable.submit_behind(ops)
+        } else {
+            durable.submit(ops)
+        };
+        delivery.stored = Some(StoredRef { seq, message_id });
+        if delivered_now {
             disk.loaded_through = seq;
             let was_empty = queue.deliveries.is_empty();
             queue.bytes += delivery.weight();
