@@ -15,7 +15,7 @@ pub mod store;
 pub use memory::MemoryStore;
 pub use records::{StoredMessage, StoredSession, StoredSubscription};
 pub use sled_store::{SledOptions, SledStore};
-pub use store::{InflightEntry, Op, QueueEntry, Recovered, RecoveredSession, Store};
+pub use store::{InflightEntry, Op, QueueEntry, Recovered, RecoveredSession, Space, Store};
 
 /// Errors a store can report. A store error refuses the durable work that caused it and
 /// must leave what is already stored intact.

@@ -27,6 +27,7 @@ struct MemoryState {
     incoming: BTreeMap<String, BTreeSet<u16>>,
     /// Highest id put + 1 (0 before any).
     next_id: u64,
+    records: BTreeMap<(crate::Space, Vec<u8>), Vec<u8>>,
 }
 
 impl MemoryStore {
@@ -55,7 +56,10 @@ impl MemoryState {
             |id: u64, put: &HashSet<u64>| self.messages.contains_key(&id) || put.contains(&id);
         for op in batch {
             match op {
-                Op::PutRetained(_) | Op::RemoveRetained { .. } => {}
+                Op::PutRetained(_)
+                | Op::RemoveRetained { .. }
+                | Op::PutRecord { .. }
+                | Op::RemoveRecord { .. } => {}
                 Op::PutMessage { id, .. } => {
                     put.insert(*id);
                 }
@@ -103,6 +107,12 @@ impl MemoryState {
 
     fn apply(&mut self, op: Op, touched: &mut BTreeSet<u64>) {
         match op {
+            Op::PutRecord { space, key, value } => {
+                self.records.insert((space, key), value);
+            }
+            Op::RemoveRecord { space, key } => {
+                self.records.remove(&(space, key));
+            }
             Op::PutRetained(message) => {
                 self.retained.insert(message.topic.clone(), message);
             }
@@ -274,6 +284,11 @@ impl Store for MemoryStore {
         Ok(Recovered {
             retained: state.retained.values().cloned().collect(),
             sessions,
+            records: state
+                .records
+                .iter()
+                .map(|((space, key), value)| (*space, key.clone(), value.clone()))
+                .collect(),
             next_message_id: state.next_id.max(1),
         })
     }

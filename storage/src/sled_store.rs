@@ -51,7 +51,20 @@ enum T {
     Queues,
     Inflight,
     Incoming,
+    Users,
+    Groups,
+    Directory,
     Journal,
+}
+
+impl T {
+    fn of(space: crate::Space) -> T {
+        match space {
+            crate::Space::Users => T::Users,
+            crate::Space::Groups => T::Groups,
+            crate::Space::Directory => T::Directory,
+        }
+    }
 }
 
 mod batch;
@@ -60,7 +73,7 @@ mod staged;
 use batch::Overlay;
 use staged::{Layers, Staged};
 
-const TREE_NAMES: [&str; 9] = [
+const TREE_NAMES: [&str; 12] = [
     "meta",
     "retained",
     "messages",
@@ -69,6 +82,9 @@ const TREE_NAMES: [&str; 9] = [
     "queues",
     "inflight",
     "incoming",
+    "users",
+    "groups",
+    "directory",
     "journal",
 ];
 
@@ -490,9 +506,17 @@ impl Store for SledStore {
             let (key, value) = kv.map_err(|e| sled_error("reading sessions", e))?;
             sessions.push(shared.recover_session(&key, &value)?);
         }
+        let mut records = Vec::new();
+        for space in crate::Space::ALL {
+            for kv in shared.tree(T::of(space)).iter() {
+                let (key, value) = kv.map_err(|e| sled_error("reading records", e))?;
+                records.push((space, key.to_vec(), value.to_vec()));
+            }
+        }
         Ok(Recovered {
             retained,
             sessions,
+            records,
             next_message_id: shared.next_message_id()?,
         })
     }

@@ -19,12 +19,18 @@
 //! | `queues`      | client id, 0x00, sequence (u64 BE)    | `QueueEntry`                |
 //! | `inflight`    | client id, 0x00, packet id (u16 BE)   | `InflightEntry`             |
 //! | `incoming`    | client id, 0x00, packet id (u16 BE)   | empty (QoS 2 awaiting PUBREL) |
-//! | `journal`     | record number (u64 BE)                | one batch's resolved writes |
+//! | `users`       | user address (UTF-8)                  | the broker's user record    |
+//! | `groups`      | gid (u32 BE)                          | the broker's group record (with members) |
+//! | `directory`   | a name (`next_gid`, `next_uid`, ...)  | the broker's counters       |
+//! | `journal`     | record number, part (u64 BE, u32 BE)  | one batch's resolved writes |
 //!
+//! The `users`, `groups` and `directory` values are opaque here ([`Op::PutRecord`]): the
+//! broker owns their encoding (versioned JSON), as it owns what a user or group means.
 //! The `journal` holds batches applied since the last checkpoint (each as the key writes it
 //! resolved to, `codec::encode_journal`); a background checkpoint moves them into the other
 //! trees and records `checkpointed_through` (`sled_store/staged.rs`). Schema version 2 added
 //! it; a version 1 database is refused rather than read without its journal semantics.
+//! Version 3 added the record trees.
 //!
 //! Reference counts live in their own tree, beside the message rather than in front of it,
 //! so that acknowledging one copy of a message shared by many sessions rewrites 8 bytes,
@@ -32,14 +38,13 @@
 //! `messages` entry. Records are encoded as described in `codec.rs` (a format byte, then
 //! varint-framed fields).
 //!
-//! Later issues add `users`, `groups`, `members`, `history` and `outbox` trees under the same
-//! schema version scheme. Client ids cannot contain 0x00 (MQTT strings exclude U+0000),
+//! Later issues add `history` and `outbox` trees under the same schema version scheme. Client ids cannot contain 0x00 (MQTT strings exclude U+0000),
 //! so the separator is unambiguous.
 
 use crate::{StorageError, StorageResult, StoredMessage, StoredSession};
 
 /// Current on-disk schema. Opening a database with another version is refused.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// One message waiting in an offline (or not yet delivered) session queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,8 +89,30 @@ pub struct InflightEntry {
 /// Ops apply in order. A batch in which an `Enqueue` / `PutInflight` names a message that
 /// is neither stored nor put earlier in the batch, or a client id contains U+0000, is
 /// refused whole with [`crate::StorageError::Invalid`], and nothing of it is applied.
+/// A space of opaque records (users, groups, the directory's counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Space {
+    Users,
+    Groups,
+    Directory,
+}
+
+impl Space {
+    pub const ALL: [Space; 3] = [Space::Users, Space::Groups, Space::Directory];
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
+    /// Stores (or replaces) an opaque record.
+    PutRecord {
+        space: Space,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    RemoveRecord {
+        space: Space,
+        key: Vec<u8>,
+    },
     PutRetained(StoredMessage),
     RemoveRetained {
         topic: String,
@@ -139,6 +166,8 @@ pub enum Op {
 pub struct Recovered {
     pub retained: Vec<StoredMessage>,
     pub sessions: Vec<RecoveredSession>,
+    /// Every opaque record: by space, then key.
+    pub records: Vec<(Space, Vec<u8>, Vec<u8>)>,
     /// The first message id not yet used: above every id ever put (a persisted high-water
     /// mark, so ids are not reused after their messages are deleted), and at least 1.
     pub next_message_id: u64,

@@ -7,7 +7,7 @@ mod common;
 
 use common::{inflight_entry, message, queue_entry, session, Model};
 use proptest::prelude::*;
-use rookery_storage::{MemoryStore, Op, StorageError, Store};
+use rookery_storage::{MemoryStore, Op, Space, StorageError, Store};
 
 /// A few client ids, including a prefix of another ("a" / "ab") to catch range scans that
 /// run past their session, and rarely one with a NUL (always refused).
@@ -72,7 +72,17 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
             Op::PutRetained(message(&topic, b"r", stamp))
         ]),
         1 => "[a-c]{0,2}".prop_map(|topic| vec![Op::RemoveRetained { topic }]),
+        1 => (space(), "[a-c]{0,2}", "[x-z]{0,3}").prop_map(|(space, key, value)| vec![
+            Op::PutRecord { space, key: key.into_bytes(), value: value.into_bytes() }
+        ]),
+        1 => (space(), "[a-c]{0,2}").prop_map(|(space, key)| vec![
+            Op::RemoveRecord { space, key: key.into_bytes() }
+        ]),
     ]
+}
+
+fn space() -> impl Strategy<Value = Space> {
+    prop::sample::select(Space::ALL.to_vec())
 }
 
 fn batch() -> impl Strategy<Value = Vec<Op>> {

@@ -154,6 +154,10 @@ impl<'a> Overlay<'a> {
 
     pub(super) fn op(&mut self, op: &Op) -> StorageResult<()> {
         match op {
+            Op::PutRecord { space, key, value } => {
+                self.put(T::of(*space), key.clone(), value.clone())
+            }
+            Op::RemoveRecord { space, key } => self.remove(T::of(*space), key.clone()),
             Op::PutRetained(message) => {
                 let value = codec::encode_message(message);
                 self.put(T::Retained, message.topic.as_bytes().to_vec(), value);

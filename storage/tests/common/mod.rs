@@ -7,8 +7,8 @@
 
 use bytes::Bytes;
 use rookery_storage::{
-    InflightEntry, Op, QueueEntry, Recovered, RecoveredSession, StoredMessage, StoredSession,
-    StoredSubscription,
+    InflightEntry, Op, QueueEntry, Recovered, RecoveredSession, Space, StoredMessage,
+    StoredSession, StoredSubscription,
 };
 use std::collections::BTreeMap;
 
@@ -21,6 +21,7 @@ pub struct Model {
     inflight: BTreeMap<(String, u16), InflightEntry>,
     incoming: BTreeMap<(String, u16), ()>,
     max_id_put: Option<u64>,
+    records: BTreeMap<(Space, Vec<u8>), Vec<u8>>,
 }
 
 /// Why the model refused a batch (the stores must refuse it too).
@@ -53,6 +54,12 @@ impl Model {
             }
         };
         match op.clone() {
+            Op::PutRecord { space, key, value } => {
+                self.records.insert((space, key), value);
+            }
+            Op::RemoveRecord { space, key } => {
+                self.records.remove(&(space, key));
+            }
             Op::PutRetained(m) => {
                 self.retained.insert(m.topic.clone(), m);
             }
@@ -161,6 +168,11 @@ impl Model {
         Recovered {
             retained: self.retained.values().cloned().collect(),
             sessions,
+            records: self
+                .records
+                .iter()
+                .map(|((space, key), value)| (*space, key.clone(), value.clone()))
+                .collect(),
             next_message_id: self.max_id_put.map_or(1, |id| id.saturating_add(1).max(1)),
         }
     }
