@@ -6,6 +6,7 @@ pub mod acl;
 pub mod codec;
 pub mod config;
 pub mod durable;
+pub mod groups;
 pub mod message;
 pub mod router;
 pub mod server;
