@@ -466,6 +466,20 @@ impl Durable {
         *self.committed.borrow()
     }
 
+    /// Waits until `ticket` is committed: `Err(full)` if its commit failed. For callers
+    /// outside a connection (the management API), which answer once a change is durable.
+    pub async fn wait(&self, ticket: Ticket) -> Result<(), bool> {
+        let mut commits = self.subscribe_commits();
+        loop {
+            if let Some(outcome) = commits.borrow_and_update().outcome(ticket) {
+                return outcome;
+            }
+            if commits.changed().await.is_err() {
+                return Err(false);
+            }
+        }
+    }
+
     /// The commit worker: runs for the broker's lifetime. Commits what is pending once
     /// its oldest operation is due (see "Write-behind").
     pub async fn run(self: Arc<Self>, flush_interval: Duration) {

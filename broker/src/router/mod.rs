@@ -43,6 +43,8 @@ pub struct Router {
     trie: RwLock<Trie>,
     pub retained: Retained,
     acl: RwLock<Option<Arc<Acl>>>,
+    /// Users and groups: every delivery of a group message is checked against it.
+    pub directory: Arc<crate::groups::directory::Directory>,
     stats: Arc<Stats>,
 }
 
@@ -51,6 +53,7 @@ impl Router {
         retained: Retained,
         acl: Option<Acl>,
         durable: Option<Arc<Durable>>,
+        directory: Arc<crate::groups::directory::Directory>,
         stats: Arc<Stats>,
     ) -> Router {
         Router {
@@ -58,6 +61,7 @@ impl Router {
             trie: RwLock::new(Trie::new()),
             retained,
             acl: RwLock::new(acl.map(Arc::new)),
+            directory,
             stats,
         }
     }

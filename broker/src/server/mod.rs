@@ -162,7 +162,18 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
             .into_iter()
             .filter_map(Message::from_stored),
     );
-    let router = Router::new(retained, acl, durable.clone(), stats.clone());
+    let directory = crate::groups::directory::Directory::new(durable.clone(), &recovered.records)
+        .map_err(|e| StartError::Storage {
+            dir: config.storage.data_dir.clone(),
+            source: rookery_storage::StorageError::Corrupt(e),
+        })?;
+    let router = Router::new(
+        retained,
+        acl,
+        durable.clone(),
+        Arc::new(directory),
+        stats.clone(),
+    );
     let registry = Registry::new(stats.clone());
     let listener = TcpListener::bind(config.mqtt.listen)
         .await
