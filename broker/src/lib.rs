@@ -3,6 +3,7 @@
 //! Start at [`server::start`]; ARCHITECTURE.md at the repository root maps the modules.
 
 pub mod acl;
+pub mod api;
 pub mod codec;
 pub mod config;
 pub mod durable;

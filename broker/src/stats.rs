@@ -20,6 +20,10 @@ pub struct Stats {
     pub dropped_too_large: AtomicU64,
     /// Copies not stored because storage was full (`full_policy = "drop"`).
     pub dropped_storage_full: AtomicU64,
+    /// Retained group messages of no-store groups, not kept (SPEC §7).
+    pub dropped_no_store: AtomicU64,
+    /// Round-robin group messages with no eligible online member (not queued yet).
+    pub dropped_no_receiver: AtomicU64,
     /// QoS >= 1 PUBLISH packets refused because storage was full.
     pub storage_refused: AtomicU64,
     /// 1 while storage is full, else 0.
@@ -50,6 +54,8 @@ impl Default for Stats {
             dropped_expired: AtomicU64::new(0),
             dropped_too_large: AtomicU64::new(0),
             dropped_storage_full: AtomicU64::new(0),
+            dropped_no_store: AtomicU64::new(0),
+            dropped_no_receiver: AtomicU64::new(0),
             storage_refused: AtomicU64::new(0),
             storage_full: AtomicU64::new(0),
             storage_bytes: AtomicU64::new(0),
@@ -77,6 +83,8 @@ impl Stats {
             + Self::get(&self.dropped_expired)
             + Self::get(&self.dropped_too_large)
             + Self::get(&self.dropped_storage_full)
+            + Self::get(&self.dropped_no_store)
+            + Self::get(&self.dropped_no_receiver)
     }
 
     /// `$SYS/broker/...` topic names and their current values (Mosquitto's names where
@@ -140,6 +148,14 @@ impl Stats {
             (
                 "$SYS/broker/publish/messages/dropped/storage_full",
                 g(&self.dropped_storage_full).to_string(),
+            ),
+            (
+                "$SYS/broker/publish/messages/dropped/no_store",
+                g(&self.dropped_no_store).to_string(),
+            ),
+            (
+                "$SYS/broker/publish/messages/dropped/no_receiver",
+                g(&self.dropped_no_receiver).to_string(),
             ),
             ("$SYS/broker/store/full", g(&self.storage_full).to_string()),
             (

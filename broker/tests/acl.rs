@@ -40,15 +40,17 @@ async fn broker_with_acl_and(
     (broker, dir)
 }
 
-fn as_user(name: &'static str) -> impl FnOnce(&mut v4::MqttOptions) {
+fn as_user(broker: &TestBroker, name: &str) -> impl FnOnce(&mut v4::MqttOptions) {
+    let (name, token) = (name.to_string(), broker.token(name));
     move |o: &mut v4::MqttOptions| {
-        o.set_credentials(name, "secret");
+        o.set_credentials(name, token);
     }
 }
 
-fn as_user5(name: &'static str) -> impl FnOnce(&mut v5::MqttOptions) {
+fn as_user5(broker: &TestBroker, name: &str) -> impl FnOnce(&mut v5::MqttOptions) {
+    let (name, token) = (name.to_string(), broker.token(name));
     move |o: &mut v5::MqttOptions| {
-        o.set_credentials(name, "secret");
+        o.set_credentials(name, token);
     }
 }
 
@@ -100,7 +102,7 @@ async fn a_wildcard_subscriber_does_not_receive_messages_on_a_denied_topic() {
     let mut all5 = v5::connect(broker.addr, "acl-all5").await;
     all5.subscribe("test/+", v5::QoS::AtLeastOnce).await;
     // `writer` may publish on test/#, including the topic anonymous clients may not read.
-    let mut writer = v4::connect_with(broker.addr, "acl-writer", as_user("writer"))
+    let mut writer = v4::connect_with(broker.addr, "acl-writer", as_user(&broker, "writer"))
         .await
         .unwrap();
     writer
@@ -128,7 +130,7 @@ async fn a_wildcard_subscriber_does_not_receive_messages_on_a_denied_topic() {
 #[tokio::test]
 async fn retained_messages_on_a_denied_topic_are_not_delivered_on_subscribe() {
     let (broker, _acl) = broker_with_acl().await;
-    let mut writer = v4::connect_with(broker.addr, "acl-ret-writer", as_user("writer"))
+    let mut writer = v4::connect_with(broker.addr, "acl-ret-writer", as_user(&broker, "writer"))
         .await
         .unwrap();
     writer
@@ -149,7 +151,7 @@ async fn retained_messages_on_a_denied_topic_are_not_delivered_on_subscribe() {
 #[tokio::test]
 async fn a_user_block_grants_its_user_only_what_it_lists() {
     let (broker, _acl) = broker_with_acl().await;
-    let mut alice = v4::connect_with(broker.addr, "phone", as_user("alice"))
+    let mut alice = v4::connect_with(broker.addr, "phone", as_user(&broker, "alice"))
         .await
         .unwrap();
     let granted = v4::SubscribeReasonCode::Success(v4::QoS::AtLeastOnce);
@@ -220,7 +222,7 @@ async fn a_refused_v5_publish_gets_puback_or_pubrec_0x87() {
     let (broker, _acl) = broker_with_acl().await;
     let mut watcher = v4::connect(broker.addr, "acl-watch").await;
     watcher.subscribe("sensors/#", v4::QoS::AtLeastOnce).await;
-    let mut alice = v5::connect_with(broker.addr, "alice5", as_user5("alice"))
+    let mut alice = v5::connect_with(broker.addr, "alice5", as_user5(&broker, "alice"))
         .await
         .unwrap();
     let code = alice
@@ -229,7 +231,7 @@ async fn a_refused_v5_publish_gets_puback_or_pubrec_0x87() {
     assert_eq!(code, Some(0x87));
     let mut raw_connect = common::connect_packet(ProtocolVersion::V5, "alice5-raw");
     raw_connect.username = Some("alice".into());
-    raw_connect.password = Some(bytes::Bytes::from_static(b"secret"));
+    raw_connect.password = Some(bytes::Bytes::from(broker.token("alice")));
     let (mut raw, _) = RawClient::connect(broker.addr, raw_connect).await;
     raw.send(&common::publish_packet(
         "sensors/y",
@@ -252,7 +254,7 @@ async fn a_refused_v5_publish_gets_puback_or_pubrec_0x87() {
 #[tokio::test]
 async fn a_3_1_1_client_is_disconnected_for_a_refused_publish_when_configured() {
     let (broker, _acl) = broker_with_acl_and(|c| c.mqtt.disconnect_on_denied_publish = true).await;
-    let mut alice = v4::connect_with(broker.addr, "alice-dc", as_user("alice"))
+    let mut alice = v4::connect_with(broker.addr, "alice-dc", as_user(&broker, "alice"))
         .await
         .unwrap();
     alice
@@ -278,8 +280,9 @@ async fn publishing_to_sys_is_refused_with_puback_0x87() {
 #[tokio::test]
 async fn a_will_on_a_topic_the_client_may_not_publish_to_is_refused_at_connect() {
     let (broker, _acl) = broker_with_acl().await;
+    let alice_token = broker.token("alice");
     let refused = v5::connect_with(broker.addr, "alice-will", |o| {
-        o.set_credentials("alice", "secret");
+        o.set_credentials("alice", alice_token.clone());
         o.set_last_will(v5::LastWill::new(
             "sensors/x",
             "gone",
@@ -300,7 +303,7 @@ async fn a_will_on_a_topic_the_client_may_not_publish_to_is_refused_at_connect()
         refused.err()
     );
     let refused = v4::connect_with(broker.addr, "alice-will4", |o| {
-        o.set_credentials("alice", "secret");
+        o.set_credentials("alice", alice_token.clone());
         o.set_last_will(v4::LastWill::new(
             "sensors/x",
             "gone",

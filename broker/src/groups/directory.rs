@@ -115,6 +115,8 @@ struct State {
     groups: HashMap<Gid, Arc<Group>>,
     next_gid: Gid,
     next_uid: u64,
+    /// SHA-256 (hex) of the generated app token of the management API.
+    admin_token_sha256: Option<String>,
 }
 
 pub struct Directory {
@@ -143,6 +145,7 @@ impl Directory {
             groups: HashMap::new(),
             next_gid: 1,
             next_uid: 1,
+            admin_token_sha256: None,
         };
         for (space, key, value) in records {
             match space {
@@ -155,6 +158,11 @@ impl Directory {
                     let group: Group =
                         serde_json::from_slice(value).map_err(|e| corrupt("group", e))?;
                     state.groups.insert(group.gid, Arc::new(group));
+                }
+                Space::Directory if key.as_slice() == Self::ADMIN_TOKEN_KEY => {
+                    let hash: String =
+                        serde_json::from_slice(value).map_err(|e| corrupt("app token", e))?;
+                    state.admin_token_sha256 = Some(hash);
                 }
                 Space::Directory => {
                     let n: u64 =
@@ -515,6 +523,28 @@ impl Directory {
             ticket,
             events,
         })
+    }
+
+    // ---- the management API's generated app token ----
+
+    /// The record key of the app token's hash (`Space::Directory`).
+    pub const ADMIN_TOKEN_KEY: &'static [u8] = b"admin_token_sha256";
+
+    /// SHA-256 (hex) of the generated app token, if one was generated.
+    pub fn admin_token_sha256(&self) -> Option<String> {
+        self.read().admin_token_sha256.clone()
+    }
+
+    /// Keeps (and stores) the SHA-256 (hex) of a generated app token.
+    pub fn set_admin_token_sha256(&self, hash: String) -> Option<Ticket> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let value = serde_json::to_vec(&hash).unwrap_or_default();
+        self.write().admin_token_sha256 = Some(hash);
+        self.submit(vec![Op::PutRecord {
+            space: Space::Directory,
+            key: Self::ADMIN_TOKEN_KEY.to_vec(),
+            value,
+        }])
     }
 }
 

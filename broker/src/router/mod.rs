@@ -13,6 +13,8 @@ use crate::codec::topic::parse_shared;
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::config::StorageFullPolicy;
 use crate::durable::{AckGate, Durable};
+use crate::groups::acl::Allow;
+use crate::groups::enforce::GroupRoute;
 use crate::message::Message;
 use crate::session::{Delivery, SessionCore, SessionState};
 use crate::stats::Stats;
@@ -43,6 +45,8 @@ pub struct Router {
     trie: RwLock<Trie>,
     pub retained: Retained,
     acl: RwLock<Option<Arc<Acl>>>,
+    /// Round-robin groups: the next turn, per gid.
+    rotation: std::sync::Mutex<rustc_hash::FxHashMap<crate::groups::Gid, usize>>,
     /// Users and groups: every delivery of a group message is checked against it.
     pub directory: Arc<crate::groups::directory::Directory>,
     stats: Arc<Stats>,
@@ -61,6 +65,7 @@ impl Router {
             trie: RwLock::new(Trie::new()),
             retained,
             acl: RwLock::new(acl.map(Arc::new)),
+            rotation: Default::default(),
             directory,
             stats,
         }
@@ -86,10 +91,14 @@ impl Router {
         }
         let message = Arc::new(message);
         let mut routed = Routed::default();
+        // A group message: every delivery is checked against the group's current rules
+        // (SPEC §6), and live topics and no-store groups touch no disk (SPEC §7).
+        let group = GroupRoute::for_topic(&message.topic, &self.directory);
+        let no_disk = group.as_ref().is_some_and(|g| !g.may_store());
         // Storage full: a QoS >= 1 message that would be stored is refused whole, or its
         // stored copies are dropped (`[storage] full_policy`). QoS 0 flows as usual.
         let mut may_store = true;
-        if let Some(durable) = self.durable.as_ref().filter(|d| d.is_full()) {
+        if let Some(durable) = self.durable.as_ref().filter(|d| d.is_full() && !no_disk) {
             if message.qos != QoS::AtMostOnce && needs_storage(&message, &matches) {
                 match durable.full_policy() {
                     StorageFullPolicy::Refuse => {
@@ -101,7 +110,12 @@ impl Router {
                 }
             }
         }
-        if message.retain {
+        if message.retain && no_disk {
+            // Never kept: the retain flag still reaches current subscribers.
+            if group.as_ref().is_some_and(|g| !g.live) {
+                Stats::add(&self.stats.dropped_no_store, 1);
+            }
+        } else if message.retain {
             if !may_store && !message.payload.is_empty() {
                 Stats::add(&self.stats.dropped_storage_full, 1);
             }
@@ -118,6 +132,8 @@ impl Router {
         matches.sort_by_key(|s| (s.session.id, s.shared));
         let mut message_id = None;
         let mut store_message = None;
+        let mut targets = Vec::new();
+        let mut round_robin = Vec::new();
         let mut index = 0;
         while index < matches.len() {
             let first = &matches[index];
@@ -130,16 +146,38 @@ impl Router {
                     end += 1;
                 }
             }
-            let group = &matches[index..end];
-            if let Some(delivery) = merge_delivery(&message, group, acl.as_deref(), &self.stats) {
+            match group.as_ref().map(|g| group_receiver(g, &message, first)) {
+                None | Some(Receiver::Yes) => targets.push((index, end)),
+                Some(Receiver::RoundRobin) => round_robin.push((index, end)),
+                Some(Receiver::No) => {}
+            }
+            index = end;
+        }
+        if let (Some(g), false) = (&group, round_robin.is_empty()) {
+            // One eligible online member per message, in turn [SPEC §7].
+            let online: Vec<(usize, usize)> = round_robin
+                .into_iter()
+                .filter(|(i, _)| matches[*i].session.outbox.online())
+                .collect();
+            if !online.is_empty() {
+                let mut rotation = self.rotation.lock().unwrap_or_else(|e| e.into_inner());
+                let turn = rotation.entry(g.gid).or_insert(0);
+                targets.push(online[*turn % online.len()]);
+                *turn = turn.wrapping_add(1);
+            } else {
+                Stats::add(&self.stats.dropped_no_receiver, 1);
+            }
+        }
+        for (index, end) in targets {
+            let first = &matches[index];
+            let subs = &matches[index..end];
+            if let Some(delivery) = merge_delivery(&message, subs, acl.as_deref(), &self.stats) {
                 let outbox = &first.session.outbox;
-                let durable = self
-                    .durable
-                    .as_ref()
-                    .filter(|_| delivery.qos != QoS::AtMostOnce && outbox.is_persistent());
+                let durable = self.durable.as_ref().filter(|_| {
+                    delivery.qos != QoS::AtMostOnce && outbox.is_persistent() && !no_disk
+                });
                 if durable.is_some() && !may_store {
                     Stats::add(&self.stats.dropped_storage_full, 1);
-                    index = end;
                     continue;
                 }
                 let result = match durable {
@@ -164,7 +202,6 @@ impl Router {
                     routed.ticket = routed.ticket.max(ticket);
                 }
             }
-            index = end;
         }
         if let (Some(durable), Some(id)) = (&self.durable, message_id) {
             // A retained message is stored in the same commit and cannot be cancelled.
@@ -227,6 +264,31 @@ fn split_share(filter: &str) -> (Option<&str>, &str) {
 
 /// Builds the delivery for one session from all its matching subscriptions, or `None` when
 /// no-local or the ACL excludes it.
+enum Receiver {
+    Yes,
+    RoundRobin,
+    No,
+}
+
+/// Whether the session of `first` gets a group message: its user's current rights
+/// (`recv`, or `sub` for live topics), no-local unless the group loops back (0x80, for
+/// 3.1.1 clients too), and nothing queued for offline sessions where nothing may be
+/// stored.
+fn group_receiver(group: &GroupRoute, message: &Message, first: &Subscriber) -> Receiver {
+    let own = *first.session.client_id == *message.publisher;
+    if own && !group.loopback() {
+        return Receiver::No;
+    }
+    if !group.may_store() && !first.session.outbox.online() {
+        return Receiver::No;
+    }
+    match group.receiver(first.username.as_deref()) {
+        Some(Allow::Yes) => Receiver::Yes,
+        Some(Allow::RoundRobin) => Receiver::RoundRobin,
+        None => Receiver::No,
+    }
+}
+
 fn merge_delivery(
     message: &Arc<Message>,
     subs: &[&Subscriber],

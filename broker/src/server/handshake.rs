@@ -120,8 +120,18 @@ async fn admit(
         // No enhanced authentication method is supported [MQTT-4.12.0-1].
         return Err(reason::BAD_AUTHENTICATION_METHOD);
     }
-    if connect.username.is_none() && !broker.config.auth.allow_anonymous {
-        return Err(reason::NOT_AUTHORIZED);
+    match &connect.username {
+        None if !broker.config.auth.allow_anonymous => return Err(reason::NOT_AUTHORIZED),
+        None => {}
+        // A user logs in with username = address, password = token [SPEC §3].
+        Some(address) => {
+            let password = connect.password.as_deref().unwrap_or_default();
+            let directory = &broker.router.directory;
+            if let Err(error) = directory.login(address, password, crate::groups::now_secs()) {
+                tracing::info!(%peer, username = %address.as_str(), ?error, "login refused");
+                return Err(reason::BAD_USER_NAME_OR_PASSWORD);
+            }
+        }
     }
     let mut assigned = None;
     let client_id: Arc<str> = if connect.client_id.is_empty() {

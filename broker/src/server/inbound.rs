@@ -7,6 +7,8 @@ use crate::codec::{
     reason, Disconnect, MqttStr, Packet, PubResponse, Publish, QoS, RetainHandling, SubAck,
     Subscribe, UnsubAck, Unsubscribe,
 };
+use crate::groups::enforce::{self, GroupRoute};
+use crate::groups::GroupTopic;
 use crate::message::Message;
 use crate::session::{Delivery, SessionSubscription};
 use crate::stats::Stats;
@@ -119,15 +121,35 @@ impl Connection {
             self.refuse_publish(&publish, reason::PAYLOAD_FORMAT_INVALID);
             return;
         }
-        // Clients may not publish to `$` topics [SPEC §5]; the ACL file governs the rest.
-        if publish.topic.starts_with('$') {
-            self.refuse_publish(&publish, reason::NOT_AUTHORIZED);
-            return;
-        }
-        if let Some(acl) = self.broker.router.acl() {
-            if !acl.check_topic(self.who(), &publish.topic, Access::Write) {
-                self.refuse_publish(&publish, reason::NOT_AUTHORIZED);
+        // Group topics are decided by the group's rules, `$` topics are closed to
+        // clients except `$groups/ops` [SPEC §5, §6]; the ACL file governs the rest.
+        let directory = &self.broker.router.directory;
+        match enforce::check_publish(directory, self.username.as_deref(), &publish.topic) {
+            Err(refusal) => {
+                tracing::debug!(client_id = %self.client_id, topic = %publish.topic, ?refusal, "group publish refused");
+                let code = match refusal {
+                    enforce::Refusal::BadTopic(_) => reason::TOPIC_NAME_INVALID,
+                    _ => reason::NOT_AUTHORIZED,
+                };
+                self.refuse_publish(&publish, code);
                 return;
+            }
+            Ok(Some(GroupTopic::Ops)) => {
+                self.on_ops_request(publish);
+                return;
+            }
+            Ok(Some(GroupTopic::Message { gid, .. })) => {
+                // `expiryext` pushes the expiry on each group message.
+                directory.on_group_message(gid, crate::groups::now_secs());
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                if let Some(acl) = self.broker.router.acl() {
+                    if !acl.check_topic(self.who(), &publish.topic, Access::Write) {
+                        self.refuse_publish(&publish, reason::NOT_AUTHORIZED);
+                        return;
+                    }
+                }
             }
         }
         let qos = publish.qos;
@@ -361,6 +383,17 @@ impl Connection {
             Some(Ok((_, inner))) => inner,
             _ => filter.as_str(),
         };
+        let directory = &self.broker.router.directory;
+        if let Err(refusal) = enforce::check_subscribe(directory, self.username.as_deref(), plain) {
+            tracing::debug!(client_id = %self.client_id, filter = %plain, ?refusal, "group subscribe refused");
+            Stats::add(&self.broker.stats.acl_denied, 1);
+            // v5 0x87 Not authorized; 3.1.1 has only 0x80 [SPEC §6].
+            return Ok(if self.version.is_v5() {
+                reason::NOT_AUTHORIZED
+            } else {
+                reason::UNSPECIFIED_ERROR
+            });
+        }
         if let Some(acl) = self.broker.router.acl() {
             if !acl.check_subscribe(self.who(), plain) {
                 Stats::add(&self.broker.stats.acl_denied, 1);
@@ -395,11 +428,17 @@ impl Connection {
         if send_retained {
             let acl = self.broker.router.acl();
             for message in self.broker.router.retained.matching(plain) {
-                if acl
-                    .as_ref()
-                    .is_some_and(|acl| !acl.check_topic(self.who(), &message.topic, Access::Read))
-                {
-                    continue;
+                // A retained group message only for a subscriber that may receive it.
+                match GroupRoute::for_topic(&message.topic, directory) {
+                    Some(route) if route.receiver(self.username.as_deref()).is_none() => continue,
+                    Some(_) => {}
+                    None => {
+                        if acl.as_ref().is_some_and(|acl| {
+                            !acl.check_topic(self.who(), &message.topic, Access::Read)
+                        }) {
+                            continue;
+                        }
+                    }
                 }
                 retained.push(Delivery {
                     qos: message.qos.min(options.qos),

@@ -8,6 +8,7 @@ mod connection;
 mod handshake;
 mod inbound;
 mod outbound;
+pub mod realtime;
 mod will;
 
 use crate::acl::Acl;
@@ -100,6 +101,7 @@ pub enum StartError {
 /// A running broker. Dropping it does not stop the broker; call `shutdown`.
 pub struct BrokerHandle {
     mqtt_addr: SocketAddr,
+    http_addr: SocketAddr,
     broker: Arc<Broker>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -113,8 +115,18 @@ impl BrokerHandle {
         self.mqtt_addr
     }
 
+    /// The address the HTTP listener (management API) is bound to.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
     pub fn stats(&self) -> &Arc<Stats> {
         &self.broker.stats
+    }
+
+    /// Users and groups (the management API's state).
+    pub fn directory(&self) -> &Arc<crate::groups::directory::Directory> {
+        &self.broker.router.directory
     }
 
     /// Stops accepting, tells every connection to close (v5 clients get DISCONNECT
@@ -164,9 +176,9 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
     );
     let directory = crate::groups::directory::Directory::new(durable.clone(), &recovered.records)
         .map_err(|e| StartError::Storage {
-            dir: config.storage.data_dir.clone(),
-            source: rookery_storage::StorageError::Corrupt(e),
-        })?;
+        dir: config.storage.data_dir.clone(),
+        source: rookery_storage::StorageError::Corrupt(e),
+    })?;
     let router = Router::new(
         retained,
         acl,
@@ -185,7 +197,20 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
         addr: config.mqtt.listen,
         source,
     })?;
+    let http_listener = TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.http.listen,
+            source,
+        })?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.http.listen,
+            source,
+        })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let http_shutdown = shutdown_rx.clone();
     let broker = Arc::new(Broker {
         config,
         durable: durable.clone(),
@@ -212,8 +237,16 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
             durable.clone().watch_capacity(limits, broker.stats.clone()),
         ));
     }
+    crate::api::ensure_app_token(&broker).await;
+    tracing::info!(%http_addr, "HTTP listener ready");
+    tasks.push(tokio::spawn(crate::api::serve(
+        http_listener,
+        broker.clone(),
+        http_shutdown,
+    )));
     Ok(BrokerHandle {
         mqtt_addr,
+        http_addr,
         broker,
         shutdown: shutdown_tx,
         tasks,

@@ -64,6 +64,8 @@ pub struct TestBroker {
     handle: Option<BrokerHandle>,
     pub addr: SocketAddr,
     _data: tempfile::TempDir,
+    /// Tokens of the users created with [`TestBroker::token`].
+    tokens: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl TestBroker {
@@ -76,6 +78,7 @@ impl TestBroker {
         let data = tempfile::tempdir().expect("temporary data directory");
         let mut config = Config::default();
         config.mqtt.listen = "127.0.0.1:0".parse().expect("address");
+        config.http.listen = "127.0.0.1:0".parse().expect("address");
         config.storage.data_dir = data.path().to_path_buf();
         config.sys.interval_secs = 0;
         configure(&mut config);
@@ -86,7 +89,25 @@ impl TestBroker {
             addr: handle.mqtt_addr(),
             handle: Some(handle),
             _data: data,
+            tokens: Default::default(),
         }
+    }
+
+    /// The token of user `address` (its MQTT password), creating the user in the broker's
+    /// directory on first use.
+    pub fn token(&self, address: &str) -> String {
+        let mut tokens = self.tokens.lock().unwrap();
+        if let Some(token) = tokens.get(address) {
+            return token.clone();
+        }
+        let handle = self.handle.as_ref().expect("running broker");
+        let change = handle
+            .directory()
+            .add_user(address, None, None, rookery::groups::now_secs())
+            .expect("user created");
+        let token = change.value.1;
+        tokens.insert(address.to_string(), token.clone());
+        token
     }
 
     pub fn port(&self) -> u16 {

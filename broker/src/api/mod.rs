@@ -1,0 +1,165 @@
+//! The management API on the HTTP listener (SPEC §8): `POST /api` with a JSON body, and
+//! the legacy flat form (`GET /api?op=...`, or a form-encoded `POST /api`). Both go
+//! through the one executor in [`ops`], which the real-time API over MQTT shares.
+//!
+//! - `GET /api`: the query string is the flat form.
+//! - `POST /api` with `Content-Type: application/x-www-form-urlencoded`: the body's
+//!   fields (and the query string's; the body wins) are the flat form.
+//! - `POST /api` otherwise: the body is JSON, whatever the content type; an empty body
+//!   with a query string is the flat form.
+//! - A body over [`MAX_BODY_BYTES`] is refused with 413 and a JSON `BADREQUEST`.
+
+pub mod form;
+pub mod ops;
+
+use crate::router::Router;
+use crate::server::Broker;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The largest request body accepted: 1 MiB.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Serves the API on `listener` until the broker shuts down (`shutdown` turns true):
+/// then it stops accepting and lets open connections finish their current request.
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let app = axum::Router::new()
+        .route("/api", axum::routing::any(handle))
+        .with_state(broker);
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(%error, "HTTP listener failed");
+    }
+}
+
+async fn handle(State(broker): State<Arc<Broker>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let form_encoded = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    let request = match parts.method {
+        Method::GET => flat(query.as_bytes(), b""),
+        Method::POST => {
+            let body = match read_body(body).await {
+                Ok(body) => body,
+                Err(response) => return response,
+            };
+            if form_encoded {
+                flat(query.as_bytes(), &body)
+            } else if body.iter().all(u8::is_ascii_whitespace) && !query.is_empty() {
+                flat(query.as_bytes(), b"")
+            } else {
+                match serde_json::from_slice::<Value>(&body) {
+                    Ok(value) => value,
+                    Err(error) => {
+                        return answer(
+                            StatusCode::BAD_REQUEST,
+                            refusal("BADREQUEST", &format!("the body is not JSON: {error}")),
+                        )
+                    }
+                }
+            }
+        }
+        _ => {
+            return answer(
+                StatusCode::METHOD_NOT_ALLOWED,
+                refusal("BADREQUEST", "/api takes GET or POST"),
+            )
+        }
+    };
+    let (status, body) = ops::execute(&broker, ops::Caller::Backend, request).await;
+    answer(status, body)
+}
+
+async fn read_body(body: Body) -> Result<bytes::Bytes, Response> {
+    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
+        answer(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            refusal(
+                "BADREQUEST",
+                &format!("the body is larger than {MAX_BODY_BYTES} bytes or could not be read"),
+            ),
+        )
+    })
+}
+
+/// The flat form: the query string's fields, then the body's (later ones win).
+fn flat(query: &[u8], body: &[u8]) -> Value {
+    let fields = form_urlencoded::parse(query)
+        .chain(form_urlencoded::parse(body))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()));
+    form::to_request(fields)
+}
+
+fn refusal(code: &str, message: &str) -> Value {
+    json!({"op": null, "result": false, "error": code, "message": message})
+}
+
+fn answer(status: StatusCode, body: Value) -> Response {
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+}
+
+/// Routes a JSON notification the broker itself publishes: QoS 1, not retained.
+pub fn publish_internal(router: &Router, topic: &str, payload: &Value) {
+    use crate::codec::{MqttStr, Properties, Publish, QoS};
+    let publish = Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: MqttStr::from(topic),
+        packet_id: 0,
+        properties: Properties {
+            content_type: Some(MqttStr::from("application/json")),
+            payload_format_indicator: Some(1),
+            ..Properties::default()
+        },
+        payload: bytes::Bytes::from(serde_json::to_vec(payload).unwrap_or_default()),
+    };
+    router.publish(
+        crate::message::Message::new(publish, Arc::from("$api")),
+        None,
+    );
+}
+
+/// Makes sure there is an app token: the configured one, or the one generated at first
+/// start (only its SHA-256 is stored, in the directory). A new one is printed once to
+/// stdout. Without durability it is generated (and printed) at every start.
+pub async fn ensure_app_token(broker: &Broker) {
+    let configured = broker
+        .config
+        .auth
+        .admin_token
+        .as_deref()
+        .is_some_and(|t| !t.is_empty());
+    let directory = &broker.router.directory;
+    if configured || directory.admin_token_sha256().is_some() {
+        return;
+    }
+    let (token, hash) = crate::groups::users::issue_token();
+    let ticket = directory.set_admin_token_sha256(hash);
+    if let (Some(durable), Some(ticket)) = (&broker.durable, ticket) {
+        if durable.wait(ticket).await.is_err() {
+            tracing::error!("the generated app token could not be stored");
+        }
+    }
+    println!("rookery: generated the management API app token (shown only now): {token}");
+}
