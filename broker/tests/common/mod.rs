@@ -114,6 +114,11 @@ impl TestBroker {
         self.addr.port()
     }
 
+    /// The broker's users and groups.
+    pub fn directory(&self) -> &rookery::groups::directory::Directory {
+        self.handle.as_ref().expect("running").directory()
+    }
+
     pub fn stats(&self) -> &rookery::stats::Stats {
         self.handle.as_ref().expect("running").stats()
     }

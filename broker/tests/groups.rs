@@ -1,0 +1,568 @@
+//! Groups enforced inside the broker (SPEC §4–§7), with real MQTT clients (v5 and 3.1.1)
+//! logging in with broker-issued tokens: the permission matrix for send and recv,
+//! revocation on live wildcard subscriptions without resubscribing, round-robin,
+//! loopback, no-store, live topics, login.
+
+mod common;
+
+use common::{v4, v5, TestBroker};
+use rookery::groups::directory::{GroupPatch, MembersEdit};
+use rookery::groups::model::{MemberPermissionsPatch, Permissions};
+use rookery::groups::now_secs;
+use std::time::Duration;
+
+const QUIET: Duration = Duration::from_millis(300);
+
+async fn v5_user(broker: &TestBroker, address: &str) -> v5::Client {
+    let token = broker.token(address);
+    let address = address.to_string();
+    v5::connect_with(broker.addr, &common::unique_id(&address), move |o| {
+        o.set_credentials(address, token);
+    })
+    .await
+    .expect("user connects")
+}
+
+async fn v4_user(broker: &TestBroker, address: &str) -> v4::Client {
+    let token = broker.token(address);
+    let address = address.to_string();
+    v4::connect_with(broker.addr, &common::unique_id(&address), move |o| {
+        o.set_credentials(address, token);
+    })
+    .await
+    .expect("user connects")
+}
+
+/// A group with `permissions` whose members are `members`; the first member has every
+/// member permission, the others have `others` applied.
+fn group(
+    broker: &TestBroker,
+    permissions: Permissions,
+    flags: u32,
+    members: &[&str],
+    others: MemberPermissionsPatch,
+) -> u32 {
+    for m in members {
+        broker.token(m);
+    }
+    let dir = broker.directory();
+    let gid = dir
+        .add_group(
+            GroupPatch {
+                flags: Some(flags),
+                permissions: Some(permissions),
+                ..GroupPatch::default()
+            },
+            Some(MembersEdit {
+                addresses: vec![members[0].to_string()],
+                ..MembersEdit::default()
+            }),
+            None,
+            now_secs(),
+        )
+        .unwrap()
+        .value
+        .gid;
+    if members.len() > 1 {
+        dir.edit_members(
+            gid,
+            MembersEdit {
+                addresses: members[1..].iter().map(|m| m.to_string()).collect(),
+                permissions: Some(others),
+                ..MembersEdit::default()
+            },
+            now_secs(),
+        )
+        .unwrap();
+    }
+    gid
+}
+
+fn denied_send() -> MemberPermissionsPatch {
+    MemberPermissionsPatch {
+        send: Some(false),
+        recv: Some(false),
+        ..MemberPermissionsPatch::default()
+    }
+}
+
+#[tokio::test]
+async fn send_permission_matrix_v5_and_3_1_1() {
+    let broker = TestBroker::start().await;
+    // (send value, who, expected): who = member with permission ("m"), member without
+    // ("w"), non-member ("n"), anonymous ("-").
+    let table = [
+        (0, "m", true),
+        (0, "w", true),
+        (0, "n", false),
+        (0, "-", false),
+        (1, "m", true),
+        (1, "w", false),
+        (1, "n", false),
+        (1, "-", false),
+        (2, "m", true),
+        (2, "w", true),
+        (2, "n", true),
+        (2, "-", true),
+    ];
+    let mut watcher_of = std::collections::HashMap::new();
+    for send in 0..3u8 {
+        let gid = group(
+            &broker,
+            Permissions {
+                send: Some(send),
+                ..Permissions::default()
+            },
+            0,
+            &["m", "w"],
+            denied_send(),
+        );
+        // "m" has recv in every group (recv 0 = members): it watches.
+        let mut watcher = v5_user(&broker, "m").await;
+        watcher
+            .subscribe(&format!("groups/{gid}/#"), v5::QoS::AtLeastOnce)
+            .await;
+        watcher_of.insert(send, (gid, watcher));
+    }
+    broker.token("n");
+    for (send, who, allowed) in table {
+        let (gid, watcher) = watcher_of.get_mut(&send).unwrap();
+        let topic = format!("groups/{gid}/2");
+        let payload = format!("{send}-{who}");
+        let mut v5c = if who == "-" {
+            v5::connect(broker.addr, &common::unique_id("anon")).await
+        } else {
+            v5_user(&broker, who).await
+        };
+        let code = v5c
+            .publish_with(
+                &topic,
+                v5::QoS::AtLeastOnce,
+                false,
+                payload.as_bytes(),
+                None,
+            )
+            .await;
+        assert_eq!(
+            code,
+            Some(if allowed { 0 } else { 0x87 }),
+            "v5 send {send} by {who}"
+        );
+        // 3.1.1: acknowledged either way, delivered only if allowed [MQTT-3.3.5-2].
+        let mut v4c = if who == "-" {
+            v4::connect(broker.addr, &common::unique_id("anon4")).await
+        } else {
+            v4_user(&broker, who).await
+        };
+        v4c.publish(&topic, v4::QoS::AtLeastOnce, false, b"v4")
+            .await;
+        if allowed {
+            assert_eq!(
+                &watcher.recv_publish().await.payload[..],
+                payload.as_bytes()
+            );
+            assert_eq!(&watcher.recv_publish().await.payload[..], b"v4");
+        } else {
+            watcher.expect_no_publish(QUIET).await;
+        }
+    }
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn recv_permission_and_wildcard_subscriptions_are_checked_per_delivery() {
+    let broker = TestBroker::start().await;
+    let gid = group(
+        &broker,
+        Permissions {
+            recv: Some(1),
+            send: Some(2),
+            ..Permissions::default()
+        },
+        0,
+        &["m", "w"],
+        denied_send(),
+    );
+    broker.token("n");
+    let named = format!("groups/{gid}");
+    // A filter naming the group is refused for who can receive nothing from it.
+    let mut w = v5_user(&broker, "w").await;
+    assert_eq!(
+        w.subscribe(&named, v5::QoS::AtLeastOnce).await,
+        vec![v5::SubscribeReasonCode::NotAuthorized]
+    );
+    let mut n4 = v4_user(&broker, "n").await;
+    assert_eq!(
+        n4.subscribe(&named, v4::QoS::AtLeastOnce).await,
+        vec![v4::SubscribeReasonCode::Failure]
+    );
+    // Wildcards over groups are accepted, and filtered per delivery.
+    // (rumqttc ends a v5 client after a refused SUBACK: a new connection.)
+    let mut w = v5_user(&broker, "w").await;
+    let mut m = v5_user(&broker, "m").await;
+    m.subscribe("groups/#", v5::QoS::AtLeastOnce).await;
+    w.subscribe("groups/+", v5::QoS::AtLeastOnce).await;
+    n4.subscribe("groups/#", v4::QoS::AtLeastOnce).await;
+    let mut anon = v4::connect(broker.addr, "anon-recv").await;
+    anon.subscribe("#", v4::QoS::AtLeastOnce).await;
+    let mut sender = v5_user(&broker, "n").await;
+    sender
+        .publish(&named, v5::QoS::AtLeastOnce, false, b"hello")
+        .await;
+    assert_eq!(&m.recv_publish().await.payload[..], b"hello");
+    w.expect_no_publish(QUIET).await;
+    n4.expect_no_publish(QUIET).await;
+    anon.expect_no_publish(QUIET).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn removal_demotion_deactivation_and_deletion_stop_live_subscriptions() {
+    let broker = TestBroker::start().await;
+    let gid = group(
+        &broker,
+        Permissions::default(),
+        0,
+        &["owner", "eve"],
+        MemberPermissionsPatch::default(),
+    );
+    let dir = broker.directory();
+    let topic = format!("groups/{gid}");
+    let mut eve = v4_user(&broker, "eve").await;
+    eve.subscribe("groups/#", v4::QoS::AtLeastOnce).await;
+    let mut owner = v5_user(&broker, "owner").await;
+    let step = |label: &'static str| label;
+    owner
+        .publish(&topic, v5::QoS::AtLeastOnce, false, b"1")
+        .await;
+    assert_eq!(
+        &eve.recv_publish().await.payload[..],
+        b"1",
+        "{}",
+        step("member")
+    );
+
+    // Removed: nothing more, no resubscribe.
+    let edit = |remove| MembersEdit {
+        addresses: vec!["eve".into()],
+        remove,
+        ..MembersEdit::default()
+    };
+    dir.edit_members(gid, edit(true), now_secs()).unwrap();
+    owner
+        .publish(&topic, v5::QoS::AtLeastOnce, false, b"2")
+        .await;
+    eve.expect_no_publish(QUIET).await;
+
+    // Back, then demoted: recv 1 and her own recv off.
+    dir.edit_members(gid, edit(false), now_secs()).unwrap();
+    owner
+        .publish(&topic, v5::QoS::AtLeastOnce, false, b"3")
+        .await;
+    assert_eq!(
+        &eve.recv_publish().await.payload[..],
+        b"3",
+        "{}",
+        step("re-added")
+    );
+    dir.set_group(
+        gid,
+        GroupPatch {
+            permissions: Some(Permissions {
+                recv: Some(1),
+                ..Permissions::default()
+            }),
+            ..GroupPatch::default()
+        },
+        now_secs(),
+    )
+    .unwrap();
+    dir.edit_members(
+        gid,
+        MembersEdit {
+            addresses: vec!["eve".into()],
+            permissions: Some(MemberPermissionsPatch {
+                recv: Some(false),
+                ..MemberPermissionsPatch::default()
+            }),
+            ..MembersEdit::default()
+        },
+        now_secs(),
+    )
+    .unwrap();
+    owner
+        .publish(&topic, v5::QoS::AtLeastOnce, false, b"4")
+        .await;
+    eve.expect_no_publish(QUIET).await;
+
+    // Promoted again, then the group is deactivated: nobody may send or receive.
+    dir.set_group(
+        gid,
+        GroupPatch {
+            permissions: Some(Permissions {
+                recv: Some(0),
+                ..Permissions::default()
+            }),
+            ..GroupPatch::default()
+        },
+        now_secs(),
+    )
+    .unwrap();
+    owner
+        .publish(&topic, v5::QoS::AtLeastOnce, false, b"5")
+        .await;
+    assert_eq!(
+        &eve.recv_publish().await.payload[..],
+        b"5",
+        "{}",
+        step("promoted")
+    );
+    dir.set_group(
+        gid,
+        GroupPatch {
+            active: Some(false),
+            ..GroupPatch::default()
+        },
+        now_secs(),
+    )
+    .unwrap();
+    let code = owner
+        .publish_with(&topic, v5::QoS::AtLeastOnce, false, b"6", None)
+        .await;
+    assert_eq!(code, Some(0x87), "an inactive group refuses sending");
+    eve.expect_no_publish(QUIET).await;
+    // rumqttc ends a client whose PUBACK carries a failure: a new connection.
+    let mut owner = v5_user(&broker, "owner").await;
+
+    // Active again, then deleted.
+    dir.set_group(
+        gid,
+        GroupPatch {
+            active: Some(true),
+            ..GroupPatch::default()
+        },
+        now_secs(),
+    )
+    .unwrap();
+    owner
+        .publish(&topic, v5::QoS::AtLeastOnce, false, b"7")
+        .await;
+    assert_eq!(
+        &eve.recv_publish().await.payload[..],
+        b"7",
+        "{}",
+        step("reactivated")
+    );
+    dir.remove_group(gid).unwrap();
+    let code = owner
+        .publish_with(&topic, v5::QoS::AtLeastOnce, false, b"8", None)
+        .await;
+    assert_eq!(code, Some(0x87), "a deleted group refuses sending");
+    eve.expect_no_publish(QUIET).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn round_robin_gives_each_message_to_exactly_one_member_in_turn() {
+    let broker = TestBroker::start().await;
+    let gid = group(
+        &broker,
+        Permissions {
+            recv: Some(2),
+            send: Some(2),
+            ..Permissions::default()
+        },
+        0,
+        &["r1", "r2", "r3"],
+        MemberPermissionsPatch::default(),
+    );
+    let mut receivers = Vec::new();
+    for r in ["r1", "r2", "r3"] {
+        let mut c = v5_user(&broker, r).await;
+        c.subscribe(&format!("groups/{gid}"), v5::QoS::AtLeastOnce)
+            .await;
+        receivers.push(c);
+    }
+    let mut sender = v4::connect(broker.addr, "rr-sender").await;
+    for i in 0..9 {
+        sender
+            .publish(
+                &format!("groups/{gid}"),
+                v4::QoS::AtLeastOnce,
+                false,
+                format!("{i}").as_bytes(),
+            )
+            .await;
+    }
+    let mut seen = Vec::new();
+    for r in &mut receivers {
+        let mut mine = Vec::new();
+        for _ in 0..3 {
+            mine.push(String::from_utf8(r.recv_publish().await.payload.to_vec()).unwrap());
+        }
+        r.expect_no_publish(QUIET).await;
+        seen.extend(mine);
+    }
+    seen.sort_by_key(|s| s.parse::<u32>().unwrap());
+    assert_eq!(
+        seen,
+        (0..9).map(|i| i.to_string()).collect::<Vec<_>>(),
+        "each exactly once"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn loopback_and_no_local_for_3_1_1_clients_too() {
+    let broker = TestBroker::start().await;
+    let plain = group(
+        &broker,
+        Permissions::default(),
+        0,
+        &["lb"],
+        MemberPermissionsPatch::default(),
+    );
+    let looped = group(
+        &broker,
+        Permissions::default(),
+        0x80,
+        &["lb"],
+        MemberPermissionsPatch::default(),
+    );
+    let mut me = v4_user(&broker, "lb").await;
+    me.subscribe("groups/#", v4::QoS::AtLeastOnce).await;
+    me.publish(
+        &format!("groups/{plain}"),
+        v4::QoS::AtLeastOnce,
+        false,
+        b"not back",
+    )
+    .await;
+    me.expect_no_publish(QUIET).await;
+    me.publish(
+        &format!("groups/{looped}"),
+        v4::QoS::AtLeastOnce,
+        false,
+        b"back",
+    )
+    .await;
+    assert_eq!(&me.recv_publish().await.payload[..], b"back");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn no_store_groups_and_live_topics_keep_nothing() {
+    let broker = TestBroker::start().await;
+    let gid = group(
+        &broker,
+        Permissions::default(),
+        0x40,
+        &["ns", "off"],
+        MemberPermissionsPatch::default(),
+    );
+    let normal = group(
+        &broker,
+        Permissions::default(),
+        0,
+        &["ns", "off"],
+        MemberPermissionsPatch::default(),
+    );
+    // An offline persistent session of a member.
+    let token = broker.token("off");
+    let persistent = |o: &mut v4::MqttOptions| {
+        o.set_clean_session(false);
+        o.set_credentials("off", token.clone());
+    };
+    let mut off = v4::connect_with(broker.addr, "off-session", persistent.clone())
+        .await
+        .unwrap();
+    off.subscribe("groups/#", v4::QoS::AtLeastOnce).await;
+    off.disconnect().await;
+    let mut ns = v5_user(&broker, "ns").await;
+    for g in [gid, normal] {
+        ns.publish(
+            &format!("groups/{g}"),
+            v5::QoS::AtLeastOnce,
+            true,
+            format!("r{g}").as_bytes(),
+        )
+        .await;
+        ns.publish(
+            &format!("groups/{g}/live/x"),
+            v5::QoS::AtLeastOnce,
+            true,
+            b"live",
+        )
+        .await;
+    }
+    // Only the normal group's message was queued and retained; nothing live.
+    let mut off = v4::connect_with(broker.addr, "off-session", persistent)
+        .await
+        .unwrap();
+    assert_eq!(
+        &off.recv_publish().await.payload[..],
+        format!("r{normal}").as_bytes()
+    );
+    off.expect_no_publish(QUIET).await;
+    let mut late = v5_user(&broker, "off").await;
+    late.subscribe("groups/#", v5::QoS::AtLeastOnce).await;
+    let retained = late.recv_publish().await;
+    assert_eq!(&retained.payload[..], format!("r{normal}").as_bytes());
+    late.expect_no_publish(QUIET).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn login_needs_a_valid_token() {
+    let broker = TestBroker::start_with(|c| c.auth.allow_anonymous = false).await;
+    let token = broker.token("alice");
+    let wrong = v5::connect_with(broker.addr, "bad", |o| {
+        o.set_credentials("alice", "nope");
+    })
+    .await;
+    assert!(
+        matches!(
+            wrong,
+            Err(v5::ConnectionError::ConnectionRefused(
+                v5::ConnectReturnCode::BadUserNamePassword
+            ))
+        ),
+        "{:?}",
+        wrong.err()
+    );
+    let unknown = v4::connect_with(broker.addr, "bad4", |o| {
+        o.set_credentials("mallory", token.clone());
+    })
+    .await;
+    assert!(
+        matches!(
+            unknown,
+            Err(v4::ConnectionError::ConnectionRefused(
+                v4::ConnectReturnCode::BadUserNamePassword
+            ))
+        ),
+        "{:?}",
+        unknown.err()
+    );
+    let anonymous = v4::connect_with(broker.addr, "anon", |_| {}).await;
+    assert!(anonymous.is_err());
+    v4_user(&broker, "alice").await.disconnect().await;
+    // A revoked token stops working.
+    broker
+        .directory()
+        .set_user(
+            "alice",
+            rookery::groups::directory::UserPatch {
+                remove_token: true,
+                ..Default::default()
+            },
+            now_secs(),
+        )
+        .unwrap();
+    let revoked = v4::connect_with(broker.addr, "revoked", |o| {
+        o.set_credentials("alice", token.clone());
+    })
+    .await;
+    assert!(revoked.is_err());
+    broker.stop().await;
+}
