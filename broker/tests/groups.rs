@@ -473,7 +473,7 @@ async fn no_store_groups_and_live_topics_keep_nothing() {
         o.set_clean_session(false);
         o.set_credentials("off", token.clone());
     };
-    let mut off = v4::connect_with(broker.addr, "off-session", persistent.clone())
+    let mut off = v4::connect_with(broker.addr, "off-session", persistent)
         .await
         .unwrap();
     off.subscribe("groups/#", v4::QoS::AtLeastOnce).await;
