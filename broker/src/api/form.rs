@@ -195,11 +195,19 @@ mod tests {
                    "validity": {"duration": 100, "expiryext": 5}}})
         );
         assert_eq!(
-            to_request(fields(&[("op", "groupsget"), ("start", "2"), ("count", "1")])),
+            to_request(fields(&[
+                ("op", "groupsget"),
+                ("start", "2"),
+                ("count", "1")
+            ])),
             json!({"op": "groupsget", "start": 2, "count": 1})
         );
         assert_eq!(
-            to_request(fields(&[("op", "userset"), ("address", "a"), ("delete", "1")])),
+            to_request(fields(&[
+                ("op", "userset"),
+                ("address", "a"),
+                ("delete", "1")
+            ])),
             json!({"op": "userset", "user": {"address": "a", "token": {"remove": true}}})
         );
         assert_eq!(

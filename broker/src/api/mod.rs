@@ -19,7 +19,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -28,10 +28,17 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// Serves the API on `listener` until the broker shuts down (`shutdown` turns true):
 /// then it stops accepting and lets open connections finish their current request.
-pub async fn serve(listener: TcpListener, broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+/// Connections hold the broker only weakly, so that an idle keep-alive connection never
+/// keeps a stopped broker (and its store's lock) alive.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let app = axum::Router::new()
         .route("/api", axum::routing::any(handle))
-        .with_state(broker);
+        .with_state(Arc::downgrade(&broker));
+    drop(broker);
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
@@ -43,7 +50,13 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, mut shutdown: wat
     }
 }
 
-async fn handle(State(broker): State<Arc<Broker>>, request: Request) -> Response {
+async fn handle(State(broker): State<Weak<Broker>>, request: Request) -> Response {
+    let Some(broker) = broker.upgrade() else {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            refusal("INTERNAL", "the broker is shutting down"),
+        );
+    };
     let (parts, body) = request.into_parts();
     let query = parts.uri.query().unwrap_or("").to_string();
     let form_encoded = parts
@@ -90,15 +103,17 @@ async fn handle(State(broker): State<Arc<Broker>>, request: Request) -> Response
 }
 
 async fn read_body(body: Body) -> Result<bytes::Bytes, Response> {
-    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
-        answer(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            refusal(
-                "BADREQUEST",
-                &format!("the body is larger than {MAX_BODY_BYTES} bytes or could not be read"),
-            ),
-        )
-    })
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                refusal(
+                    "BADREQUEST",
+                    &format!("the body is larger than {MAX_BODY_BYTES} bytes or could not be read"),
+                ),
+            )
+        })
 }
 
 /// The flat form: the query string's fields, then the body's (later ones win).

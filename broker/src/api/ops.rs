@@ -565,16 +565,19 @@ fn existing_group(ctx: &Context<'_>, gid: Gid) -> Result<Arc<Group>, ApiError> {
 
 fn group_patch(group: &Map<String, Value>) -> Result<GroupPatch, ApiError> {
     let flags = match get_u64(group, "flags", "group.flags")? {
-        Some(flags) => Some(u32::try_from(flags).map_err(|_| {
-            ApiError::bad(format!("group.flags {flags} does not fit 32 bits"))
-        })?),
+        Some(flags) => Some(
+            u32::try_from(flags)
+                .map_err(|_| ApiError::bad(format!("group.flags {flags} does not fit 32 bits")))?,
+        ),
         None => None,
     };
     let permissions = match group.get("permissions") {
         None | Some(Value::Null) => None,
         Some(value) => {
             let permissions: Permissions = typed(value, "group.permissions")?;
-            permissions.validate().map_err(|e| ApiError::bad(format!("group.{e}")))?;
+            permissions
+                .validate()
+                .map_err(|e| ApiError::bad(format!("group.{e}")))?;
             Some(permissions)
         }
     };
@@ -586,7 +589,11 @@ fn group_patch(group: &Map<String, Value>) -> Result<GroupPatch, ApiError> {
     }
     let validity = match object(group, "validity", "group.validity")? {
         Some(validity) => {
-            allow_keys(validity, &["start", "duration", "expiryext"], "group.validity")?;
+            allow_keys(
+                validity,
+                &["start", "duration", "expiryext"],
+                "group.validity",
+            )?;
             Some(ValidityPatch {
                 start: get_u64(validity, "start", "group.validity.start")?,
                 duration: get_u64(validity, "duration", "group.validity.duration")?,
