@@ -972,3 +972,378 @@ fn typed<T: serde::de::DeserializeOwned>(value: &Value, path: &str) -> Result<T,
     }
     serde_json::from_value(value.clone()).map_err(|e| ApiError::bad(format!("{path}: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::retained::Retained;
+    use crate::stats::Stats;
+
+    const APP: &str = "unit-app-token";
+
+    struct Fixture {
+        config: Config,
+        router: Router,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let stats = Arc::new(Stats::default());
+            let directory = Arc::new(Directory::new(None, &[]).unwrap());
+            let router = Router::new(
+                Retained::new(None, stats.clone()),
+                None,
+                None,
+                directory,
+                stats,
+            );
+            let mut config = Config::default();
+            config.auth.admin_token = Some(APP.into());
+            Fixture { config, router }
+        }
+
+        fn ctx(&self) -> Context<'_> {
+            Context {
+                config: &self.config,
+                router: &self.router,
+                durable: None,
+            }
+        }
+
+        fn run(&self, caller: Caller, mut request: Value) -> (StatusCode, Value) {
+            if caller == Caller::Backend && request.get("token").is_none() {
+                request["token"] = json!(APP);
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            runtime.block_on(execute_in(&self.ctx(), caller, request))
+        }
+
+        fn ok(&self, caller: Caller, request: Value) -> Value {
+            let (status, answer) = self.run(caller, request.clone());
+            assert_eq!(status, StatusCode::OK, "{request} → {answer}");
+            answer
+        }
+
+        fn refused(&self, caller: Caller, request: Value, code: &str) {
+            let (status, answer) = self.run(caller, request.clone());
+            assert_eq!(answer["error"], code, "{request} → {answer}");
+            assert_eq!(status, status_of(code));
+        }
+
+        fn user(&self, address: &str) {
+            self.ok(
+                Caller::Backend,
+                json!({"op": "useradd", "user": {"address": address}}),
+            );
+        }
+
+        fn fingerprint(&self) -> String {
+            let dir = &self.router.directory;
+            let (users, _) = dir.users(0, usize::MAX);
+            let (groups, _) = dir.groups(0, usize::MAX);
+            let groups: Vec<&Group> = groups.iter().map(|g| &**g).collect();
+            format!(
+                "{}{}",
+                serde_json::to_string(&users).unwrap(),
+                serde_json::to_string(&groups).unwrap()
+            )
+        }
+    }
+
+    fn u(address: &str) -> Caller {
+        Caller::User(address.into())
+    }
+
+    #[test]
+    fn statuses_of_every_code() {
+        let expected = [
+            ("BADREQUEST", 400),
+            ("BADOP", 400),
+            ("AUTHFAIL", 401),
+            ("PERMISSION", 403),
+            ("GROUPINACTIVE", 403),
+            ("GROUPEXPIRED", 403),
+            ("NOUSER", 404),
+            ("NOGROUP", 404),
+            ("NOTMEMBER", 404),
+            ("EXISTS", 409),
+            ("INTERNAL", 500),
+        ];
+        assert_eq!(expected.len(), ERROR_CODES.len());
+        for (code, status) in expected {
+            assert_eq!(status_of(code).as_u16(), status, "{code}");
+        }
+    }
+
+    #[test]
+    fn user_ops_are_backend_only_and_the_creator_owns_the_group() {
+        let f = Fixture::new();
+        f.user("alice");
+        for op in ["useradd", "userset", "userdel", "usersget"] {
+            f.refused(
+                u("alice"),
+                json!({"op": op, "user": {"address": "bob"}}),
+                "PERMISSION",
+            );
+        }
+        // The real-time API takes no app token; a user caller is not asked for one.
+        let answer = f.ok(
+            u("alice"),
+            json!({"op": "groupadd", "group": {"name": "g"}}),
+        );
+        let gid = answer["group"]["gid"].as_u64().unwrap() as Gid;
+        let group = f.router.directory.group(gid).unwrap();
+        assert!(group.members["alice"].admin.owner);
+        f.refused(
+            u("ghost"),
+            json!({"op": "groupadd", "group": {"name": "g"}}),
+            "NOUSER",
+        );
+        // The placeholder ops answer INTERNAL (500) until they are built.
+        f.refused(Caller::Backend, json!({"op": "message"}), "INTERNAL");
+    }
+
+    #[test]
+    fn admin_flags_decide_who_may_do_what() {
+        let f = Fixture::new();
+        for user in [
+            "owner", "mod", "plain", "adder", "remover", "granter", "other",
+        ] {
+            f.user(user);
+        }
+        let gid = f.ok(
+            u("owner"),
+            json!({"op": "groupadd", "group": {"name": "g"}}),
+        )["group"]["gid"]
+            .clone();
+        let edit = |members: Value| json!({"op": "groupeditmembers", "group": {"gid": gid, "members": members}});
+        f.ok(Caller::Backend, edit(json!({"m": "plain,other"})));
+        f.ok(
+            Caller::Backend,
+            edit(json!({"m": "mod", "admin": {"modify": true}})),
+        );
+        f.ok(
+            Caller::Backend,
+            edit(json!({"m": "adder", "admin": {"adduser": true, "remuser": true}})),
+        );
+        f.ok(
+            Caller::Backend,
+            edit(json!({"m": "remover", "admin": {"remove": true}})),
+        );
+        f.ok(
+            Caller::Backend,
+            edit(json!({"m": "granter", "admin": {"addadmin": true}})),
+        );
+        let groupset = json!({"op": "groupset", "group": {"gid": gid, "name": "renamed"}});
+        f.refused(u("plain"), groupset.clone(), "PERMISSION");
+        f.refused(u("adder"), groupset.clone(), "PERMISSION");
+        f.ok(u("mod"), groupset.clone());
+        f.ok(u("owner"), groupset);
+        // adduser / remuser: plain members only.
+        f.user("new1");
+        f.refused(u("plain"), edit(json!({"m": "new1"})), "PERMISSION");
+        f.ok(u("adder"), edit(json!({"m": "new1"})));
+        f.ok(
+            u("adder"),
+            edit(json!({"m": "new1", "permissions": {"send": false}})),
+        );
+        f.refused(
+            u("adder"),
+            edit(json!({"m": "new1", "admin": {"modify": true}})),
+            "PERMISSION",
+        );
+        f.refused(
+            u("adder"),
+            edit(json!({"m": "mod", "remove": true})),
+            "PERMISSION",
+        );
+        f.ok(u("adder"), edit(json!({"m": "new1", "remove": true})));
+        // addadmin grants flags but cannot revoke them or make an owner.
+        f.ok(
+            u("granter"),
+            edit(json!({"m": "plain", "admin": {"modify": true}})),
+        );
+        f.refused(
+            u("granter"),
+            edit(json!({"m": "plain", "admin": {"modify": false}})),
+            "PERMISSION",
+        );
+        f.refused(
+            u("granter"),
+            edit(json!({"m": "other", "admin": {"owner": true}})),
+            "PERMISSION",
+        );
+        // Only remowner (or an owner) removes an owner; the owner holds all.
+        f.refused(
+            u("granter"),
+            edit(json!({"m": "owner", "remove": true})),
+            "PERMISSION",
+        );
+        f.ok(
+            u("owner"),
+            edit(json!({"m": "other", "admin": {"owner": true}})),
+        );
+        f.ok(u("owner"), edit(json!({"m": "other", "remove": true})));
+        // Anyone may leave; nobody else may remove a member without the flag.
+        f.refused(
+            u("plain"),
+            edit(json!({"m": "adder", "remove": true})),
+            "PERMISSION",
+        );
+        f.ok(u("plain"), edit(json!({"m": "plain", "remove": true})));
+        // groupdel needs remove.
+        let groupdel = json!({"op": "groupdel", "group": {"gid": gid}});
+        f.refused(u("mod"), groupdel.clone(), "PERMISSION");
+        f.ok(u("remover"), groupdel);
+    }
+
+    #[test]
+    fn groupgetmembers_needs_list_or_an_admin_flag() {
+        let f = Fixture::new();
+        for user in ["alice", "bob", "carol", "admin"] {
+            f.user(user);
+        }
+        let answer = f.ok(
+            Caller::Backend,
+            json!({"op": "groupadd", "group": {"name": "g", "permissions": {"list": 1},
+                   "members": {"m": "alice,bob"}}}),
+        );
+        let gid = answer["group"]["gid"].clone();
+        let edit = |members: Value| json!({"op": "groupeditmembers", "group": {"gid": gid, "members": members}});
+        f.ok(
+            Caller::Backend,
+            edit(json!({"m": "bob", "permissions": {"list": false}})),
+        );
+        f.ok(
+            Caller::Backend,
+            edit(json!({"m": "admin", "permissions": {"list": false}, "admin": {"adduser": true}})),
+        );
+        let get = json!({"op": "groupgetmembers", "group": {"gid": gid}});
+        assert_eq!(f.ok(u("alice"), get.clone())["total"], 3);
+        f.refused(u("bob"), get.clone(), "PERMISSION");
+        f.refused(u("carol"), get.clone(), "NOTMEMBER");
+        assert_eq!(f.ok(u("admin"), get.clone())["total"], 3);
+        // An inactive or expired group lists to admins only.
+        f.ok(
+            Caller::Backend,
+            json!({"op": "groupset", "group": {"gid": gid, "active": false}}),
+        );
+        f.refused(u("alice"), get.clone(), "GROUPINACTIVE");
+        f.ok(u("admin"), get.clone());
+        f.ok(
+            Caller::Backend,
+            json!({"op": "groupset", "group": {"gid": gid, "active": true,
+                   "validity": {"start": 0, "duration": 0}}}),
+        );
+        f.refused(u("alice"), get.clone(), "GROUPEXPIRED");
+        // groupsget shows a user only their own groups.
+        f.ok(
+            Caller::Backend,
+            json!({"op": "groupadd", "group": {"name": "other"}}),
+        );
+        assert_eq!(f.ok(u("alice"), json!({"op": "groupsget"}))["total"], 1);
+        assert_eq!(
+            f.ok(Caller::Backend, json!({"op": "groupsget"}))["total"],
+            2
+        );
+    }
+
+    #[test]
+    fn the_app_token_generated_is_checked_by_its_hash() {
+        let mut f = Fixture::new();
+        f.config.auth.admin_token = None;
+        let request = json!({"op": "usersget", "token": "generated"});
+        f.refused(Caller::Backend, request.clone(), "AUTHFAIL");
+        f.router
+            .directory
+            .set_admin_token_sha256(hash_token("generated"));
+        f.ok(Caller::Backend, request);
+        f.refused(
+            Caller::Backend,
+            json!({"op": "usersget", "token": "generate"}),
+            "AUTHFAIL",
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 500,
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// Random JSON requests (known ops, garbage fields; as the backend with the right
+        /// token or as a user) change nothing and are refused with a known code.
+        #[test]
+        fn garbage_changes_nothing(
+            op in proptest::sample::select(&OPS[..11]),
+            user in arbitrary_json(),
+            group in arbitrary_json(),
+            as_user in proptest::bool::ANY,
+        ) {
+            let f = Fixture::new();
+            f.user("alice");
+            f.ok(Caller::Backend, json!({"op": "groupadd", "group": {"members": {"m": "alice"}}}));
+            let before = f.fingerprint();
+            let caller = if as_user { u("alice") } else { Caller::Backend };
+            let (status, answer) = f.run(caller, json!({"op": op, "user": user, "group": group}));
+            if answer["result"] == json!(true) {
+                // Only reads may succeed on garbage.
+                proptest::prop_assert!(op.ends_with("get"), "{}", answer);
+            } else {
+                let code = answer["error"].as_str().unwrap_or_default();
+                proptest::prop_assert!(ERROR_CODES.contains(&code), "{}", answer);
+                proptest::prop_assert_eq!(status, status_of(code));
+            }
+            proptest::prop_assert_eq!(f.fingerprint(), before);
+        }
+    }
+
+    fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u32>().prop_map(Value::from),
+            "[a-z,]{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 20, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                // At least one key the API does not know.
+                (
+                    "x[a-z]{0,4}",
+                    inner.clone(),
+                    prop::collection::btree_map(
+                        prop::sample::select(
+                            &[
+                                "gid",
+                                "m",
+                                "name",
+                                "address",
+                                "members",
+                                "permissions",
+                                "admin",
+                                "flags",
+                                "type",
+                                "remove",
+                                "token"
+                            ][..]
+                        ),
+                        inner,
+                        0..3,
+                    )
+                )
+                    .prop_map(|(key, value, known)| {
+                        let mut map: Map<String, Value> =
+                            known.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                        map.insert(key, value);
+                        Value::Object(map)
+                    }),
+            ]
+        })
+    }
+}
