@@ -566,3 +566,54 @@ async fn login_needs_a_valid_token() {
     assert!(revoked.is_err());
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn presence_snapshot_then_online_and_offline_announcements() {
+    let broker = TestBroker::start().await;
+    let gid = group(
+        &broker,
+        Permissions::default(),
+        0,
+        &["p1", "p2"],
+        MemberPermissionsPatch::default(),
+    );
+    let mut p1 = v5_user(&broker, "p1").await;
+    p1.subscribe(&format!("$groups/{gid}/presence"), v5::QoS::AtLeastOnce)
+        .await;
+    let snapshot: serde_json::Value =
+        serde_json::from_slice(&p1.recv_publish().await.payload).unwrap();
+    assert_eq!(
+        snapshot,
+        serde_json::json!({"gid": gid, "members": [
+            {"address": "p1", "online": true}, {"address": "p2", "online": false}]})
+    );
+    let p2 = v4_user(&broker, "p2").await;
+    let online: serde_json::Value =
+        serde_json::from_slice(&p1.recv_publish().await.payload).unwrap();
+    assert_eq!(
+        (online["address"].as_str(), online["online"].as_bool()),
+        (Some("p2"), Some(true))
+    );
+    // A second connection of the same user announces nothing; the last one leaving does.
+    let p2b = v4_user(&broker, "p2").await;
+    p1.expect_no_publish(QUIET).await;
+    p2.disconnect().await;
+    p1.expect_no_publish(QUIET).await;
+    p2b.disconnect().await;
+    let offline: serde_json::Value =
+        serde_json::from_slice(&p1.recv_publish().await.payload).unwrap();
+    assert_eq!(
+        (offline["address"].as_str(), offline["online"].as_bool()),
+        (Some("p2"), Some(false))
+    );
+    // A non-member may not list (list 0 = members).
+    broker.token("outsider");
+    let mut outsider = v4_user(&broker, "outsider").await;
+    assert_eq!(
+        outsider
+            .subscribe(&format!("$groups/{gid}/presence"), v4::QoS::AtLeastOnce)
+            .await,
+        vec![v4::SubscribeReasonCode::Failure]
+    );
+    broker.stop().await;
+}

@@ -359,6 +359,20 @@ impl Directory {
         self.read().groups.get(&gid).cloned()
     }
 
+    /// The gids of the groups `address` is a member of. O(groups): presence calls it
+    /// once per user coming online or going offline.
+    pub fn groups_of(&self, address: &str) -> Vec<Gid> {
+        let state = self.read();
+        let mut gids: Vec<Gid> = state
+            .groups
+            .values()
+            .filter(|g| g.members.contains_key(address))
+            .map(|g| g.gid)
+            .collect();
+        gids.sort_unstable();
+        gids
+    }
+
     /// Groups in gid order: `count` of them from `start`, and how many there are.
     pub fn groups(&self, start: usize, count: usize) -> (Vec<Arc<Group>>, usize) {
         let state = self.read();

@@ -3,9 +3,11 @@
 //! persists them (`directory.rs`), and the topic namespace below.
 
 pub mod acl;
+pub mod backend;
 pub mod directory;
 pub mod enforce;
 pub mod model;
+pub mod presence;
 pub mod users;
 
 pub use model::Gid;

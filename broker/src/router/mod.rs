@@ -45,6 +45,8 @@ pub struct Router {
     trie: RwLock<Trie>,
     pub retained: Retained,
     acl: RwLock<Option<Arc<Acl>>>,
+    /// Which users are online, for `$groups/{gid}/presence`.
+    pub presence: crate::groups::presence::Presence,
     /// Round-robin groups: the next turn, per gid.
     rotation: std::sync::Mutex<rustc_hash::FxHashMap<crate::groups::Gid, usize>>,
     /// Users and groups: every delivery of a group message is checked against it.
@@ -66,6 +68,7 @@ impl Router {
             retained,
             acl: RwLock::new(acl.map(Arc::new)),
             rotation: Default::default(),
+            presence: Default::default(),
             directory,
             stats,
         }

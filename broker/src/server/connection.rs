@@ -384,6 +384,17 @@ impl Connection {
         }
         self.flush(writer).await;
         self.core.outbox.set_online(false);
+        if let Some(address) = &self.username {
+            let router = &self.broker.router;
+            for (topic, payload) in router.presence.disconnected(address, &router.directory) {
+                super::realtime::publish_internal(
+                    &self.broker,
+                    &topic,
+                    payload.into(),
+                    Default::default(),
+                );
+            }
+        }
         match end {
             // Normal DISCONNECT: the will is discarded [MQTT-3.1.2-10].
             End::Disconnected { with_will: false } => self.state.will = None,

@@ -257,6 +257,12 @@ async fn admit(
     }
     core.outbox.set_limits(limits);
     core.outbox.set_online(true);
+    if let Some(address) = &username {
+        let router = &broker.router;
+        for (topic, payload) in router.presence.connected(address, &router.directory) {
+            super::realtime::publish_internal(&broker, &topic, payload.into(), Default::default());
+        }
+    }
 
     let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
     let inflight_limit = usize::from(config.max_inflight.min(client_receive_max).max(1));

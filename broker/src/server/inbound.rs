@@ -425,6 +425,29 @@ impl Connection {
                 RetainHandling::SendAtSubscribeIfNew => !existed,
                 RetainHandling::DoNotSend => false,
             };
+        if let Some(Ok(GroupTopic::Presence { gid })) = crate::groups::parse_topic(plain) {
+            // Who is in the group and online, for this subscriber only [SPEC §8].
+            if let Some(group) = directory.group(gid) {
+                let payload = self.broker.router.presence.snapshot(&group);
+                let publish = Publish {
+                    dup: false,
+                    qos: QoS::AtMostOnce,
+                    retain: false,
+                    topic: MqttStr::from(plain),
+                    packet_id: 0,
+                    properties: Default::default(),
+                    payload: payload.into(),
+                };
+                retained.push(Delivery {
+                    message: std::sync::Arc::new(Message::new(publish, std::sync::Arc::from(""))),
+                    qos: QoS::AtMostOnce,
+                    retain: false,
+                    subscription_ids: subscription_id.into_iter().collect(),
+                    stored: None,
+                    redelivery: false,
+                });
+            }
+        }
         if send_retained {
             let acl = self.broker.router.acl();
             for message in self.broker.router.retained.matching(plain) {
