@@ -7,7 +7,13 @@ use rookery::groups::acl::{decide, Allow, Who};
 use rookery::groups::model::{Action, Group, Member, MemberPermissions};
 
 /// SPEC §4, cell by cell. `flags` is the rule that applies (type rule or default).
-fn reference(who: Option<&str>, group: &Group, action: Action, message_type: u32, now: u64) -> Option<bool /* round robin */> {
+fn reference(
+    who: Option<&str>,
+    group: &Group,
+    action: Action,
+    message_type: u32,
+    now: u64,
+) -> Option<bool /* round robin */> {
     // "An inactive, not-yet-started or expired group denies every action."
     if !group.active || now < group.start || now >= group.expires_at {
         return None;
@@ -76,7 +82,9 @@ fn member_permissions() -> impl Strategy<Value = MemberPermissions> {
 fn flags() -> impl Strategy<Value = u32> {
     // Any combination of the permission bits (both bits of an action included).
     prop::collection::vec(
-        prop::sample::select(vec![0x1, 0x2, 0x10, 0x20, 0x100, 0x200, 0x1000, 0x2000, 0x10000, 0x20000, 0x40, 0x80]),
+        prop::sample::select(vec![
+            0x1, 0x2, 0x10, 0x20, 0x100, 0x200, 0x1000, 0x2000, 0x10000, 0x20000, 0x40, 0x80,
+        ]),
         0..8,
     )
     .prop_map(|bits| bits.into_iter().fold(0, |f, b| f | b))
