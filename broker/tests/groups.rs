@@ -617,3 +617,99 @@ async fn presence_snapshot_then_online_and_offline_announcements() {
     );
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn the_real_time_api_over_groups_ops_with_replies_and_admin_flags() {
+    let broker = TestBroker::start().await;
+    broker.token("bob");
+    // v5: the reply goes to the Response Topic with the Correlation Data.
+    let mut alice = v5_user(&broker, "alice").await;
+    alice
+        .subscribe("$users/alice/#", v5::QoS::AtLeastOnce)
+        .await;
+    alice.subscribe("replies/alice", v5::QoS::AtLeastOnce).await;
+    let properties = v5::PublishProperties {
+        response_topic: Some("replies/alice".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"c-1")),
+        ..Default::default()
+    };
+    let request = serde_json::json!({"op": "groupadd", "id": "r1",
+        "group": {"name": "Team", "members": {"m": "bob"}}});
+    let code = alice
+        .publish_with(
+            "$groups/ops",
+            v5::QoS::AtLeastOnce,
+            false,
+            request.to_string().as_bytes(),
+            Some(properties),
+        )
+        .await;
+    assert_eq!(code, Some(0));
+    let reply = alice.recv_publish().await;
+    assert_eq!(common::v5::topic(&reply), "replies/alice");
+    assert_eq!(
+        reply
+            .properties
+            .as_ref()
+            .and_then(|p| p.correlation_data.clone())
+            .as_deref(),
+        Some(&b"c-1"[..])
+    );
+    let body: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(
+        (body["result"].as_bool(), body["id"].as_str()),
+        (Some(true), Some("r1")),
+        "{body}"
+    );
+    let gid = body["group"]["gid"].as_u64().unwrap() as u32;
+    let group = broker.directory().group(gid).unwrap();
+    assert!(
+        group.members["alice"].admin.owner,
+        "the creator owns the group"
+    );
+    assert!(group.members.contains_key("bob"));
+
+    // 3.1.1: replies on $users/{address}/replies; bob is a plain member, not an admin.
+    let mut bob = v4_user(&broker, "bob").await;
+    bob.subscribe("$users/bob/replies", v4::QoS::AtLeastOnce)
+        .await;
+    let request =
+        serde_json::json!({"op": "groupset", "id": 7, "group": {"gid": gid, "name": "Mine"}});
+    bob.publish(
+        "$groups/ops",
+        v4::QoS::AtLeastOnce,
+        false,
+        request.to_string().as_bytes(),
+    )
+    .await;
+    let body: serde_json::Value =
+        serde_json::from_slice(&bob.recv_publish().await.payload).unwrap();
+    assert_eq!(
+        (body["error"].as_str(), body["id"].as_i64()),
+        (Some("PERMISSION"), Some(7)),
+        "{body}"
+    );
+    assert_eq!(
+        broker.directory().group(gid).unwrap().name,
+        "Team",
+        "nothing changed"
+    );
+    bob.publish("$groups/ops", v4::QoS::AtLeastOnce, false, b"{not json")
+        .await;
+    let body: serde_json::Value =
+        serde_json::from_slice(&bob.recv_publish().await.payload).unwrap();
+    assert_eq!(body["error"], "BADREQUEST");
+    // Anonymous clients may not use it.
+    let mut anon = v5::connect(broker.addr, "anon-ops").await;
+    let code = anon
+        .publish_with(
+            "$groups/ops",
+            v5::QoS::AtLeastOnce,
+            false,
+            request.to_string().as_bytes(),
+            None,
+        )
+        .await;
+    assert_eq!(code, Some(0x87));
+    broker.stop().await;
+}

@@ -13,25 +13,14 @@ pub mod users;
 pub use model::Gid;
 
 /// A real-time API request from `address` (SPEC §8): the backend ops under admin-flag
-/// rules. Answers like the HTTP API, with the request's `id` echoed.
+/// rules, answered like the HTTP API, with the request's `id` echoed.
 pub async fn realtime_request(
     broker: &std::sync::Arc<crate::server::Broker>,
     address: &str,
     request: serde_json::Value,
 ) -> serde_json::Value {
-    let _ = (broker, address);
-    let op = request
-        .get("op")
-        .cloned()
-        .unwrap_or(serde_json::Value::Null);
-    let mut reply = serde_json::json!({
-        "op": op, "result": false, "error": "INTERNAL",
-        "message": "the real-time API executor is not wired yet",
-    });
-    if let Some(id) = request.get("id") {
-        reply["id"] = id.clone();
-    }
-    reply
+    let caller = crate::api::ops::Caller::User(address.to_string());
+    crate::api::ops::execute(broker, caller, request).await.1
 }
 
 /// What a topic name means in the group namespace (SPEC §5).

@@ -32,13 +32,16 @@ impl Connection {
         let address: Arc<str> = self.username.clone().unwrap_or_else(|| Arc::from(""));
         let reply_topic = self.reply_topic(&publish, &address);
         let correlation = publish.properties.correlation_data.clone();
-        let request: serde_json::Value = match serde_json::from_slice(&publish.payload) {
-            Ok(value) => value,
-            Err(e) => serde_json::json!({"op": null, "__bad_json": e.to_string()}),
-        };
+        let request = serde_json::from_slice::<serde_json::Value>(&publish.payload);
         let broker = self.broker.clone();
         tokio::spawn(async move {
-            let reply = crate::groups::realtime_request(&broker, &address, request).await;
+            let reply = match request {
+                Ok(request) => crate::groups::realtime_request(&broker, &address, request).await,
+                Err(e) => serde_json::json!({
+                    "op": null, "result": false, "error": "BADREQUEST",
+                    "message": format!("the request is not JSON: {e}"),
+                }),
+            };
             let properties = Properties {
                 correlation_data: correlation,
                 content_type: Some(MqttStr::from("application/json")),
