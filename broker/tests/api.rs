@@ -665,6 +665,14 @@ async fn legacy_forms_and_id_echo() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(answer["group"]["member_count"], 1);
+    // JSON sent with curl's default form content type is still JSON.
+    let json_body =
+        format!(r#"  {{"op": "groupget", "token": "{APP}", "group": {{"gid": {gid}}}}}"#);
+    let (status, answer) = api
+        .raw_bytes(json_body.into_bytes(), "application/x-www-form-urlencoded")
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["group"]["name"], "Legacy");
     // A POST with the fields in the query string and no body.
     let response = api
         .client

@@ -4,7 +4,8 @@
 //!
 //! - `GET /api`: the query string is the flat form.
 //! - `POST /api` with `Content-Type: application/x-www-form-urlencoded`: the body's
-//!   fields (and the query string's; the body wins) are the flat form.
+//!   fields (and the query string's; the body wins) are the flat form, unless the body
+//!   starts with `{` (then it is JSON: `curl -d '{...}'` sends that content type).
 //! - `POST /api` otherwise: the body is JSON, whatever the content type; an empty body
 //!   with a query string is the flat form.
 //! - A body over [`MAX_BODY_BYTES`] is refused with 413 and a JSON `BADREQUEST`.
@@ -75,7 +76,8 @@ async fn handle(State(broker): State<Weak<Broker>>, request: Request) -> Respons
                 Ok(body) => body,
                 Err(response) => return response,
             };
-            if form_encoded {
+            let json_like = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+            if form_encoded && !json_like {
                 flat(query.as_bytes(), &body)
             } else if body.iter().all(u8::is_ascii_whitespace) && !query.is_empty() {
                 flat(query.as_bytes(), b"")
