@@ -287,6 +287,7 @@ impl Store for MemoryStore {
             records: state
                 .records
                 .iter()
+                .filter(|((space, _), _)| crate::Space::RECOVERED.contains(space))
                 .map(|((space, key), value)| (*space, key.clone(), value.clone()))
                 .collect(),
             next_message_id: state.next_id.max(1),
@@ -312,6 +313,20 @@ impl Store for MemoryStore {
                 Ok((*sequence, entry.clone(), message))
             })
             .collect()
+    }
+
+    fn records(
+        &self,
+        space: crate::Space,
+        prefix: &[u8],
+    ) -> StorageResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(state
+            .records
+            .range((space, prefix.to_vec())..)
+            .take_while(|((s, key), _)| *s == space && key.starts_with(prefix))
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect())
     }
 
     fn size_on_disk(&self) -> u64 {

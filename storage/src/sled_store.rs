@@ -54,6 +54,7 @@ enum T {
     Users,
     Groups,
     Directory,
+    History,
     Journal,
 }
 
@@ -63,6 +64,7 @@ impl T {
             crate::Space::Users => T::Users,
             crate::Space::Groups => T::Groups,
             crate::Space::Directory => T::Directory,
+            crate::Space::History => T::History,
         }
     }
 }
@@ -73,7 +75,7 @@ mod staged;
 use batch::Overlay;
 use staged::{Layers, Staged};
 
-const TREE_NAMES: [&str; 12] = [
+const TREE_NAMES: [&str; 13] = [
     "meta",
     "retained",
     "messages",
@@ -85,6 +87,7 @@ const TREE_NAMES: [&str; 12] = [
     "users",
     "groups",
     "directory",
+    "history",
     "journal",
 ];
 
@@ -507,7 +510,7 @@ impl Store for SledStore {
             sessions.push(shared.recover_session(&key, &value)?);
         }
         let mut records = Vec::new();
-        for space in crate::Space::ALL {
+        for space in crate::Space::RECOVERED {
             for kv in shared.tree(T::of(space)).iter() {
                 let (key, value) = kv.map_err(|e| sled_error("reading records", e))?;
                 records.push((space, key.to_vec(), value.to_vec()));
@@ -558,6 +561,25 @@ impl Store for SledStore {
             out.push((sequence, entry, message));
         }
         Ok(out)
+    }
+
+    fn records(
+        &self,
+        space: crate::Space,
+        prefix: &[u8],
+    ) -> StorageResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let shared = &self.shared;
+        let tree = T::of(space);
+        let mut merged = BTreeMap::new();
+        for kv in shared.tree(tree).scan_prefix(prefix) {
+            let (key, value) = kv.map_err(|e| sled_error("reading records", e))?;
+            merged.insert(key.to_vec(), Some(value.to_vec()));
+        }
+        merged.extend(shared.layers().prefixed(tree as usize, prefix));
+        Ok(merged
+            .into_iter()
+            .filter_map(|(key, value)| Some((key, value?)))
+            .collect())
     }
 
     fn free_space(&self) -> Option<u64> {

@@ -22,6 +22,7 @@
 //! | `users`       | user address (UTF-8)                  | the broker's user record    |
 //! | `groups`      | gid (u32 BE)                          | the broker's group record (with members) |
 //! | `directory`   | a name (`next_gid`, `next_uid`, ...)  | the broker's counters       |
+//! | `history`     | gid (u32 BE), message id (u64 BE)     | the broker's history entry  |
 //! | `journal`     | record number, part (u64 BE, u32 BE)  | one batch's resolved writes |
 //!
 //! The `users`, `groups` and `directory` values are opaque here ([`Op::PutRecord`]): the
@@ -95,10 +96,19 @@ pub enum Space {
     Users,
     Groups,
     Directory,
+    /// Group history: read by prefix with [`Store::records`], never loaded whole.
+    History,
 }
 
 impl Space {
-    pub const ALL: [Space; 3] = [Space::Users, Space::Groups, Space::Directory];
+    pub const ALL: [Space; 4] = [
+        Space::Users,
+        Space::Groups,
+        Space::Directory,
+        Space::History,
+    ];
+    /// The spaces `recover` returns whole.
+    pub const RECOVERED: [Space; 3] = [Space::Users, Space::Groups, Space::Directory];
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,7 +176,7 @@ pub enum Op {
 pub struct Recovered {
     pub retained: Vec<StoredMessage>,
     pub sessions: Vec<RecoveredSession>,
-    /// Every opaque record: by space, then key.
+    /// Every opaque record of the [`Space::RECOVERED`] spaces: by space, then key.
     pub records: Vec<(Space, Vec<u8>, Vec<u8>)>,
     /// The first message id not yet used: above every id ever put (a persisted high-water
     /// mark, so ids are not reused after their messages are deleted), and at least 1.
@@ -210,6 +220,9 @@ pub trait Store: Send + Sync {
         from: u64,
         limit: usize,
     ) -> StorageResult<Vec<(u64, QueueEntry, StoredMessage)>>;
+    /// Every record of `space` whose key starts with `prefix`, in key order (for
+    /// bounded sets such as one group's history).
+    fn records(&self, space: Space, prefix: &[u8]) -> StorageResult<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Bytes on disk (approximate), for the global storage limit.
     fn size_on_disk(&self) -> u64;
     /// Free bytes on the file system holding the store, if it has one.

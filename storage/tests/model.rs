@@ -100,6 +100,21 @@ fn check(store: &dyn Store, model: &Model, name: &str) -> Result<(), TestCaseErr
 /// `queue_range` only: unlike `recover`, it reads the sled store's staged layers instead
 /// of checkpointing them first.
 fn check_queues(store: &dyn Store, model: &Model, name: &str) -> Result<(), TestCaseError> {
+    for space in Space::ALL {
+        for prefix in [&b""[..], b"a", b"b"] {
+            let got = store
+                .records(space, prefix)
+                .map_err(|e| TestCaseError::fail(format!("{name}: {e}")))?;
+            prop_assert_eq!(
+                got,
+                model.records(space, prefix),
+                "{} records({:?}, {:?})",
+                name,
+                space,
+                prefix
+            );
+        }
+    }
     let mut clients = model.clients();
     clients.push("zz".into());
     for client in &clients {

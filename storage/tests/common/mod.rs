@@ -171,10 +171,20 @@ impl Model {
             records: self
                 .records
                 .iter()
+                .filter(|((space, _), _)| Space::RECOVERED.contains(space))
                 .map(|((space, key), value)| (*space, key.clone(), value.clone()))
                 .collect(),
             next_message_id: self.max_id_put.map_or(1, |id| id.saturating_add(1).max(1)),
         }
+    }
+
+    /// Every record of `space` under `prefix`, in key order.
+    pub fn records(&self, space: Space, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.records
+            .iter()
+            .filter(|((s, key), _)| *s == space && key.starts_with(prefix))
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect()
     }
 
     pub fn queue_range(
