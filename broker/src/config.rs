@@ -18,6 +18,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub sys: SysConfig,
+    pub groups: GroupsConfig,
     /// `[[webhooks]]` endpoints (SPEC §1, §9). Accepted and validated now; the bridge that
     /// delivers to them is a later issue.
     pub webhooks: Vec<WebhookConfig>,
@@ -207,6 +208,25 @@ impl Default for AuthConfig {
     }
 }
 
+/// `[groups]`: group history bounds (SPEC §7 "Stored groups").
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// Messages kept per group (0 = no history).
+    pub history_max_messages: usize,
+    /// Seconds a history entry is kept.
+    pub history_max_age_secs: u64,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        GroupsConfig {
+            history_max_messages: 1000,
+            history_max_age_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
 impl Default for SysConfig {
     fn default() -> Self {
         SysConfig { interval_secs: 10 }
@@ -224,7 +244,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-const SECTIONS: [&str; 5] = ["mqtt", "http", "storage", "auth", "sys"];
+const SECTIONS: [&str; 6] = ["mqtt", "http", "storage", "auth", "sys", "groups"];
 
 impl Config {
     /// Builds the configuration from an optional TOML file and the given environment

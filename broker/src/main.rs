@@ -59,7 +59,9 @@ fn main() -> anyhow::Result<()> {
     let runtime = builder.enable_all().build()?;
     runtime.block_on(async move {
         let broker = rookery::start(config).await?;
-        // Tests and scripts that start the binary on port 0 read the address from here.
+        // Tests and scripts that start the binary on port 0 read the addresses from here
+        // (the MQTT line last).
+        println!("rookery: HTTP listening on {}", broker.http_addr());
         println!("rookery: MQTT listening on {}", broker.mqtt_addr());
         wait_for_signal().await;
         tracing::info!("shutting down");

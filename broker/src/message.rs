@@ -22,6 +22,8 @@ pub struct Message {
     pub properties: Properties,
     /// Client id of the publisher, for no-local [MQTT-3.8.3-3].
     pub publisher: Arc<str>,
+    /// The publishing user's address (username), if any: group history's `from`.
+    pub sender: Option<Arc<str>>,
     pub received_at: Instant,
     /// When the message expires, from the Message Expiry Interval [MQTT-3.3.2-5].
     pub expires_at: Option<Instant>,
@@ -45,6 +47,7 @@ impl Message {
             retain: publish.retain,
             properties,
             publisher,
+            sender: None,
             received_at,
             expires_at,
             encoded: Default::default(),
@@ -83,6 +86,7 @@ impl Message {
             retain: true,
             properties,
             publisher: Arc::from(stored.publisher),
+            sender: None,
             received_at,
             expires_at,
             encoded: Default::default(),

@@ -1128,3 +1128,126 @@ fn garbage_is_refused_and_changes_nothing() {
     assert_eq!(runtime.block_on(api.snapshot()), before);
     runtime.block_on(api.stop());
 }
+
+#[tokio::test]
+async fn message_goes_through_the_acl_and_history_keeps_it() {
+    let data = tempfile::tempdir().unwrap();
+    let api = Api::start(config(data.path(), "strict")).await;
+    let alice = api.add_user("alice").await;
+    api.add_user("bob").await;
+    api.add_user("carol").await;
+    let gid = api
+        .add_group(json!({"name": "chat", "members": {"m": "alice,bob"}}))
+        .await;
+    let (client, mut events) = mqtt_connect(api.mqtt(), "alice", &alice).await;
+    client
+        .subscribe(format!("groups/{gid}/#"), rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) =
+                events.poll().await.unwrap()
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("SUBACK");
+    // Backend message from bob (a member): delivered, and in the history.
+    let answer = api
+        .ok(json!({"op": "message", "message": {"from": "bob", "gid": gid, "type": 3, "message": "hi"}}))
+        .await;
+    assert_eq!(answer["message"]["topic"], format!("groups/{gid}/3"));
+    let publish = next_event(&mut events).await;
+    assert_eq!(
+        (publish.topic.as_str(), &publish.payload[..]),
+        (format!("groups/{gid}/3").as_str(), &b"hi"[..])
+    );
+    // Through the same ACL: carol is not a member; unknown sender; unknown group.
+    api.fails(
+        json!({"op": "message", "message": {"from": "carol", "gid": gid, "message": "x"}}),
+        "NOTMEMBER",
+        404,
+    )
+    .await;
+    api.fails(
+        json!({"op": "message", "message": {"from": "nobody", "gid": gid, "message": "x"}}),
+        "NOUSER",
+        404,
+    )
+    .await;
+    api.fails(
+        json!({"op": "message", "message": {"from": "bob", "gid": 999, "message": "x"}}),
+        "NOGROUP",
+        404,
+    )
+    .await;
+    api.fails(
+        json!({"op": "message", "message": {"from": "bob", "gid": gid}}),
+        "BADREQUEST",
+        400,
+    )
+    .await;
+    // A client's group message lands in the history too; binary payloads as base64.
+    client
+        .publish(
+            format!("groups/{gid}"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            vec![0xff, 0x00],
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) =
+                events.poll().await.unwrap()
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("PUBACK");
+    let history = api
+        .ok(json!({"op": "groupmessages", "group": {"gid": gid}}))
+        .await;
+    assert_eq!(history["total"], 2, "{history}");
+    let messages = history["messages"].as_array().unwrap();
+    assert_eq!(
+        (
+            messages[0]["from"].as_str(),
+            messages[0]["encoding"].as_str()
+        ),
+        (Some("alice"), Some("base64"))
+    );
+    assert_eq!(messages[0]["payload"], "/wA=");
+    assert_eq!(
+        (messages[1]["from"].as_str(), messages[1]["type"].as_u64()),
+        (Some("bob"), Some(3))
+    );
+    assert_eq!(messages[1]["payload"], "hi");
+    let page = api
+        .ok(json!({"op": "groupmessages", "group": {"gid": gid}, "start": 1, "count": 5}))
+        .await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 1);
+    // The history survives a restart (strict durability).
+    api.stop().await;
+    let api = Api::restart(config(data.path(), "strict")).await;
+    let history = api
+        .ok(json!({"op": "groupmessages", "group": {"gid": gid}}))
+        .await;
+    assert_eq!(history["total"], 2, "{history}");
+    // Deleting the group deletes its history.
+    api.ok(json!({"op": "groupdel", "group": {"gid": gid}}))
+        .await;
+    api.fails(
+        json!({"op": "groupmessages", "group": {"gid": gid}}),
+        "NOGROUP",
+        404,
+    )
+    .await;
+    api.stop().await;
+}

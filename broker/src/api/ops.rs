@@ -210,9 +210,8 @@ async fn run(ctx: &Context<'_>, caller: &Caller, request: &Value) -> Answer {
         "groupgetmembers" => group_get_members(ctx, caller, request, now),
         "groupget" => group_get(ctx, caller, request, now),
         "groupsget" => groups_get(ctx, caller, request),
-        // ---- LEAD: `message` and `groupmessages` are written in broker/src/groups/ and
-        // wired here; until then they answer this placeholder. ----
-        "message" | "groupmessages" => Err(ApiError::new("INTERNAL", "not built yet")),
+        "message" => message(ctx, caller, request).await,
+        "groupmessages" => group_messages(ctx, caller, request, now),
         other => Err(ApiError::new(
             "BADOP",
             format!("unknown op {other:?}; the ops are {}", OPS.join(", ")),
@@ -465,6 +464,11 @@ async fn group_del(ctx: &Context<'_>, caller: &Caller, request: &Map<String, Val
     let group = existing_group(ctx, gid)?;
     require_admin(caller, &group, |a| a.remove, "remove")?;
     commit(ctx, ctx.directory().remove_group(gid)?).await?;
+    // Its history goes with it.
+    let forget = ctx.router.history.forget(gid);
+    if let (Some(durable), false) = (ctx.durable, forget.is_empty()) {
+        durable.submit(forget);
+    }
     Ok(json!({"group": {"gid": gid}}))
 }
 
@@ -555,6 +559,126 @@ fn groups_get(ctx: &Context<'_>, caller: &Caller, request: &Map<String, Value>) 
     };
     let groups: Vec<Value> = groups.iter().map(|g| group_json(g)).collect();
     Ok(json!({"start": start, "count": groups.len(), "total": total, "groups": groups}))
+}
+
+/// `message`: a group message from the backend (or, over `$groups/ops`, from the caller
+/// itself), through the same ACL as a client PUBLISH. Fields in `message: {...}` or flat:
+/// `from`, `gid`, `type`, `message` (the payload), `encoding` ("utf8", default, or
+/// "base64"), `qos` (0–2, default 1), `retain`.
+async fn message(ctx: &Context<'_>, caller: &Caller, request: &Map<String, Value>) -> Answer {
+    let fields = match request.get("message") {
+        Some(Value::Object(inner)) => inner,
+        _ => request,
+    };
+    let from = match caller {
+        Caller::User(actor) => actor.clone(),
+        Caller::Backend => get_str(fields, "from", "message.from")?
+            .ok_or_else(|| ApiError::bad("message.from is required"))?
+            .to_string(),
+    };
+    let gid = match get_u32(fields, "gid", "message.gid")? {
+        Some(0) | None => {
+            return Err(ApiError::bad(
+                "message.gid is required (a positive integer)",
+            ))
+        }
+        Some(gid) => gid,
+    };
+    let message_type = get_u32(fields, "type", "message.type")?.unwrap_or(0);
+    let text = get_str(fields, "message", "message.message")?
+        .ok_or_else(|| ApiError::bad("message.message (the payload) is required"))?;
+    let payload = match get_str(fields, "encoding", "message.encoding")?.unwrap_or("utf8") {
+        "utf8" => bytes::Bytes::copy_from_slice(text.as_bytes()),
+        "base64" => {
+            use base64::Engine;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|e| ApiError::bad(format!("message.message is not base64: {e}")))?;
+            bytes::Bytes::from(decoded)
+        }
+        other => {
+            return Err(ApiError::bad(format!(
+                "message.encoding is utf8 or base64, not {other:?}"
+            )))
+        }
+    };
+    let qos = match get_u64(fields, "qos", "message.qos")?.unwrap_or(1) {
+        0 => crate::codec::QoS::AtMostOnce,
+        1 => crate::codec::QoS::AtLeastOnce,
+        2 => crate::codec::QoS::ExactlyOnce,
+        other => {
+            return Err(ApiError::bad(format!(
+                "message.qos is 0, 1 or 2, not {other}"
+            )))
+        }
+    };
+    let retain = get_bool(fields, "retain", "message.retain")?.unwrap_or(false);
+    let request = crate::groups::backend::BackendMessage {
+        from,
+        gid,
+        message_type,
+        payload,
+        qos,
+        retain,
+    };
+    let (topic, queued) = crate::groups::backend::publish(ctx.router, ctx.durable, request).await?;
+    Ok(json!({"message": {"gid": gid, "type": message_type, "topic": topic, "queued": queued}}))
+}
+
+/// `groupmessages`: the group's history, newest first, paged. Over `$groups/ops` a
+/// member sees messages they may receive, from the time they joined (admins: all).
+fn group_messages(
+    ctx: &Context<'_>,
+    caller: &Caller,
+    request: &Map<String, Value>,
+    now: u64,
+) -> Answer {
+    let fields = required_object(request, "group", "group")?;
+    allow_keys(fields, &["gid"], "group")?;
+    let gid = gid_of(fields)?;
+    let (start, count) = paging(request)?;
+    let group = existing_group(ctx, gid)?;
+    let mut entries = ctx.router.history.entries(gid, now);
+    if let Caller::User(actor) = caller {
+        // Refused outright if the caller may receive nothing of the group.
+        decide(Who::User(actor), &group, Action::Recv, 0, now)
+            .map_err(|deny| ApiError::new(deny.code(), deny.reason()))?;
+        let member = group.members.get(actor);
+        let admin = member.is_some_and(|m| m.admin.any());
+        let since = member.map_or(u64::MAX, |m| m.since);
+        entries.retain(|e| {
+            (admin || e.ts >= since)
+                && decide(Who::User(actor), &group, Action::Recv, e.message_type, now).is_ok()
+        });
+    }
+    let total = entries.len();
+    let messages: Vec<Value> = entries
+        .iter()
+        .rev()
+        .skip(start)
+        .take(count)
+        .map(|e| {
+            let (payload, encoding) = match std::str::from_utf8(&e.payload) {
+                Ok(text) => (text.to_string(), "utf8"),
+                Err(_) => {
+                    use base64::Engine;
+                    (
+                        base64::engine::general_purpose::STANDARD.encode(&e.payload),
+                        "base64",
+                    )
+                }
+            };
+            json!({"id": e.id, "from": e.from, "type": e.message_type, "ts": e.ts,
+                   "payload": payload, "encoding": encoding})
+        })
+        .collect();
+    Ok(json!({
+        "group": {"gid": gid},
+        "start": start,
+        "count": messages.len(),
+        "total": total,
+        "messages": messages,
+    }))
 }
 
 fn existing_group(ctx: &Context<'_>, gid: Gid) -> Result<Arc<Group>, ApiError> {
@@ -995,6 +1119,7 @@ mod tests {
                 None,
                 None,
                 directory,
+                crate::groups::history::History::new(Default::default(), None),
                 stats,
             );
             let mut config = Config::default();
@@ -1101,8 +1226,8 @@ mod tests {
             json!({"op": "groupadd", "group": {"name": "g"}}),
             "NOUSER",
         );
-        // The placeholder ops answer INTERNAL (500) until they are built.
-        f.refused(Caller::Backend, json!({"op": "message"}), "INTERNAL");
+        // `message` without its fields.
+        f.refused(Caller::Backend, json!({"op": "message"}), "BADREQUEST");
     }
 
     #[test]

@@ -6,8 +6,9 @@ use super::directory::DirError;
 use super::model::{Action, Gid};
 use super::now_secs;
 use crate::codec::{MqttStr, Properties, Publish, QoS};
+use crate::durable::Durable;
 use crate::message::Message;
-use crate::server::Broker;
+use crate::router::Router;
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -37,10 +38,11 @@ pub fn deny_error(deny: Deny, gid: Gid, who: &str) -> DirError {
 /// Publishes the message if `from` may send it; returns the topic it went to and how many
 /// sessions it was queued for. Waits for the commit when it had to be stored.
 pub async fn publish(
-    broker: &Arc<Broker>,
+    router: &Router,
+    durable: Option<&Arc<Durable>>,
     request: BackendMessage,
 ) -> Result<(String, usize), DirError> {
-    let directory = &broker.router.directory;
+    let directory = &router.directory;
     if directory.user(&request.from).is_none() {
         return Err(DirError::NoUser(request.from));
     }
@@ -72,15 +74,15 @@ pub async fn publish(
         payload: request.payload,
     };
     // The publisher id is empty: no client is the sender, so no-local removes no one.
-    let routed = broker
-        .router
-        .publish(Message::new(publish, Arc::from("")), None);
+    let mut message = Message::new(publish, Arc::from(""));
+    message.sender = Some(Arc::from(request.from.as_str()));
+    let routed = router.publish(message, None);
     if routed.refused_storage_full {
         return Err(DirError::Internal(
             "storage is full: the message was refused".into(),
         ));
     }
-    if let Some(durable) = &broker.durable {
+    if let Some(durable) = durable {
         for ticket in [routed.ticket, expiry_ticket].into_iter().flatten() {
             if let Err(full) = durable.wait(ticket).await {
                 return Err(DirError::Internal(if full {

@@ -173,6 +173,8 @@ impl Directory {
                         _ => {}
                     }
                 }
+                // Read on demand (`history.rs`), never part of the recovered records.
+                Space::History => {}
             }
         }
         // Never below what is stored, whatever the counters say.

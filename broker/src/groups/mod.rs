@@ -6,6 +6,7 @@ pub mod acl;
 pub mod backend;
 pub mod directory;
 pub mod enforce;
+pub mod history;
 pub mod model;
 pub mod presence;
 pub mod users;

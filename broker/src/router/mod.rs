@@ -45,6 +45,8 @@ pub struct Router {
     trie: RwLock<Trie>,
     pub retained: Retained,
     acl: RwLock<Option<Arc<Acl>>>,
+    /// The last messages of each stored group.
+    pub history: crate::groups::history::History,
     /// Which users are online, for `$groups/{gid}/presence`.
     pub presence: crate::groups::presence::Presence,
     /// Round-robin groups: the next turn, per gid.
@@ -60,6 +62,7 @@ impl Router {
         acl: Option<Acl>,
         durable: Option<Arc<Durable>>,
         directory: Arc<crate::groups::directory::Directory>,
+        history: crate::groups::history::History,
         stats: Arc<Stats>,
     ) -> Router {
         Router {
@@ -69,6 +72,7 @@ impl Router {
             acl: RwLock::new(acl.map(Arc::new)),
             rotation: Default::default(),
             presence: Default::default(),
+            history,
             directory,
             stats,
         }
@@ -206,6 +210,11 @@ impl Router {
                 }
             }
         }
+        if let Some(g) = group.as_ref().filter(|g| g.may_store() && !g.live) {
+            if !message.payload.is_empty() || !message.retain {
+                routed.ticket = routed.ticket.max(self.record_history(g, &message));
+            }
+        }
         if let (Some(durable), Some(id)) = (&self.durable, message_id) {
             // A retained message is stored in the same commit and cannot be cancelled.
             let waker = ack_waker.filter(|_| !message.retain);
@@ -267,6 +276,36 @@ fn split_share(filter: &str) -> (Option<&str>, &str) {
 
 /// Builds the delivery for one session from all its matching subscriptions, or `None` when
 /// no-local or the ACL excludes it.
+impl Router {
+    /// Adds a group message to its group's history, in the next commit.
+    fn record_history(
+        &self,
+        group: &GroupRoute,
+        message: &Message,
+    ) -> Option<crate::durable::Ticket> {
+        if !self.history.enabled() {
+            return None;
+        }
+        let id = match &self.durable {
+            Some(durable) => durable.allocate_message_id(),
+            None => self.history.local_id(),
+        };
+        let now = crate::groups::now_secs();
+        let entry = crate::groups::history::Entry {
+            id,
+            from: message.sender.as_deref().unwrap_or_default().to_string(),
+            message_type: group.message_type,
+            ts: now,
+            payload: message.payload.clone(),
+        };
+        let ops = self.history.record(group.gid, entry, now);
+        match &self.durable {
+            Some(durable) if !ops.is_empty() => Some(durable.submit(ops)),
+            _ => None,
+        }
+    }
+}
+
 enum Receiver {
     Yes,
     RoundRobin,

@@ -155,7 +155,8 @@ impl Connection {
         let qos = publish.qos;
         let packet_id = publish.packet_id;
         tracing::trace!(client_id = %self.client_id, topic = %publish.topic, "routing PUBLISH");
-        let message = Message::new(publish, self.client_id.clone());
+        let mut message = Message::new(publish, self.client_id.clone());
+        message.sender = self.username.clone();
         let waker = (qos == QoS::AtLeastOnce && self.durable_acks()).then_some(&self.ack_waker);
         let routed = self.broker.router.publish(message, waker);
         tracing::trace!(client_id = %self.client_id, queued = routed.queued, "routed PUBLISH");

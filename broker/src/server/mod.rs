@@ -179,11 +179,16 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
         dir: config.storage.data_dir.clone(),
         source: rookery_storage::StorageError::Corrupt(e),
     })?;
+    let history = crate::groups::history::History::new(
+        config.groups.clone(),
+        durable.as_ref().map(|d| d.store().clone()),
+    );
     let router = Router::new(
         retained,
         acl,
         durable.clone(),
         Arc::new(directory),
+        history,
         stats.clone(),
     );
     let registry = Registry::new(stats.clone());

@@ -34,6 +34,8 @@ QUIET = 0.3  # seconds: how long to listen to conclude that nothing arrives
 
 REPO = Path(__file__).resolve().parents[3]
 LISTENING = re.compile(r"^rookery: MQTT listening on (\S+):(\d+)$")
+HTTP_LISTENING = re.compile(r"^rookery: HTTP listening on (\S+):(\d+)$")
+APP_TOKEN = re.compile(r"^rookery: generated the management API app token \(shown only now\): (\S+)$")
 
 
 def broker_binary() -> Path:
@@ -66,6 +68,8 @@ class Broker:
         self.process = subprocess.Popen(
             args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=full_env, text=True
         )
+        self.http_port = None
+        self.app_token = None
         self.port = self._read_port()
         # Keep draining stdout (logs go there too) so the broker never blocks on the pipe.
         threading.Thread(target=self._drain, daemon=True).start()
@@ -88,12 +92,31 @@ class Broker:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"broker exited with {self.process.returncode}")
                 continue
+            http = HTTP_LISTENING.match(line.strip())
+            if http:
+                self.http_port = int(http.group(2))
+            token = APP_TOKEN.match(line.strip())
+            if token:
+                self.app_token = token.group(1)
             match = LISTENING.match(line.strip())
             if match:
                 assert match.group(1) == "127.0.0.1"
                 return int(match.group(2))
         self.stop()
         raise RuntimeError("the broker did not print its address within 10 s")
+
+    def add_user(self, address: str) -> str:
+        """Creates a user through the management API; returns its token (the MQTT password)."""
+        import json
+        import urllib.request
+        body = json.dumps({"op": "useradd", "token": self.app_token, "user": {"address": address}})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}/api", data=body.encode(),
+            headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            answer = json.loads(response.read())
+        assert answer["result"], answer
+        return answer["user"]["token"]
 
     def _drain(self):
         for _ in self.process.stdout:
@@ -138,7 +161,7 @@ class Client:
     def __init__(self, port: int, client_id: str, protocol, *, clean: bool = True,
                  session_expiry: int | None = None, will: tuple | None = None,
                  connect_properties: Properties | None = None, keepalive: int = 30,
-                 username: str | None = None):
+                 username: str | None = None, password: str = "secret"):
         self.protocol = protocol
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.subacks: queue.Queue[list] = queue.Queue()
@@ -155,7 +178,7 @@ class Client:
             reconnect_on_failure=False,
         )
         if username is not None:
-            self.paho.username_pw_set(username, "secret")
+            self.paho.username_pw_set(username, password)
         if will is not None:
             topic, payload, qos, retain, *props = will
             self.paho.will_set(topic, payload, qos, retain, props[0] if props else None)

@@ -208,7 +208,8 @@ def test_the_acl_file_refuses_subscriptions_and_filters_deliveries(start_broker,
     assert [int(getattr(code, "value", code)) for code in codes] == [expected]
     everything = client_factory(broker.port, "acl-all", version)
     everything.subscribe("#", 1)
-    alice = client_factory(broker.port, "alice", version, username="alice")
+    token = broker.add_user("alice")
+    alice = client_factory(broker.port, "alice", version, username="alice", password=token)
     assert [int(getattr(code, "value", code)) for code in alice.subscribe("#", 1)] == [expected]
     assert [int(getattr(code, "value", code)) for code in alice.subscribe("sensors/#", 1)] == [1]
     # Alice may only read: her publish is refused (v5 PUBACK 0x87; 3.1.1 acknowledged, dropped).
