@@ -24,6 +24,9 @@ pub struct Message {
     pub publisher: Arc<str>,
     /// The publishing user's address (username), if any: group history's `from`.
     pub sender: Option<Arc<str>>,
+    /// Routed again (round-robin failover, or out of a group's queue): not a new message
+    /// for the group's history.
+    pub rerouted: bool,
     pub received_at: Instant,
     /// When the message expires, from the Message Expiry Interval [MQTT-3.3.2-5].
     pub expires_at: Option<Instant>,
@@ -48,10 +51,24 @@ impl Message {
             properties,
             publisher,
             sender: None,
+            rerouted: false,
             received_at,
             expires_at,
             encoded: Default::default(),
         }
+    }
+
+    /// A copy to route again (round-robin failover, a group's queue).
+    pub fn rerouted(&self) -> Message {
+        let mut copy = Message::new(
+            self.to_publish(self.qos, self.retain, &[]),
+            self.publisher.clone(),
+        );
+        copy.expires_at = self.expires_at;
+        copy.received_at = self.received_at;
+        copy.sender = self.sender.clone();
+        copy.rerouted = true;
+        copy
     }
 
     /// The storage record of this message.
@@ -87,6 +104,7 @@ impl Message {
             properties,
             publisher: Arc::from(stored.publisher),
             sender: None,
+            rerouted: false,
             received_at,
             expires_at,
             encoded: Default::default(),

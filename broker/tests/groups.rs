@@ -713,3 +713,54 @@ async fn the_real_time_api_over_groups_ops_with_replies_and_admin_flags() {
     assert_eq!(code, Some(0x87));
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn round_robin_fails_over_unacknowledged_messages_and_queues_while_nobody_is_online() {
+    use common::{connect_packet, RawClient};
+    use rookery::codec::{self, ProtocolVersion};
+    let broker = TestBroker::start().await;
+    let gid = group(
+        &broker,
+        Permissions {
+            recv: Some(2),
+            send: Some(2),
+            ..Permissions::default()
+        },
+        0,
+        &["r1", "r2"],
+        MemberPermissionsPatch::default(),
+    );
+    let topic = format!("groups/{gid}");
+    let mut sender = v4::connect(broker.addr, "rr-fail-sender").await;
+    // Nobody online: the message waits in the group's queue.
+    sender
+        .publish(&topic, v4::QoS::AtLeastOnce, false, b"waited")
+        .await;
+    // r1 never acknowledges (a raw client); it is the only one online.
+    let mut connect = connect_packet(ProtocolVersion::V311, "r1-raw");
+    connect.username = Some("r1".into());
+    connect.password = Some(bytes::Bytes::from(broker.token("r1")));
+    let (mut r1, _) = RawClient::connect(broker.addr, connect).await;
+    r1.subscribe(1, &topic, codec::QoS::AtLeastOnce).await;
+    assert_eq!(
+        &r1.expect_publish().await.payload[..],
+        b"waited",
+        "the queue drains to the first member"
+    );
+    sender
+        .publish(&topic, v4::QoS::AtLeastOnce, false, b"second")
+        .await;
+    assert_eq!(&r1.expect_publish().await.payload[..], b"second");
+    // r2 comes online; r1 drops without acknowledging either: both go to r2.
+    let mut r2 = v5_user(&broker, "r2").await;
+    r2.subscribe(&topic, v5::QoS::AtLeastOnce).await;
+    drop(r1);
+    let mut got = vec![
+        r2.recv_publish().await.payload.to_vec(),
+        r2.recv_publish().await.payload.to_vec(),
+    ];
+    got.sort();
+    assert_eq!(got, vec![b"second".to_vec(), b"waited".to_vec()]);
+    r2.expect_no_publish(QUIET).await;
+    broker.stop().await;
+}

@@ -53,6 +53,14 @@ impl GroupRoute {
         !self.live && self.group.as_ref().is_some_and(|g| !g.no_store())
     }
 
+    /// Whether the message goes to one member in turn (`recv` 2).
+    pub fn is_round_robin(&self) -> bool {
+        !self.live
+            && self.group.as_ref().is_some_and(|g| {
+                super::model::level(g.flags_for(self.message_type), Action::Recv) == 2
+            })
+    }
+
     /// Whether the publishing client gets its own message back (flag 0x80).
     pub fn loopback(&self) -> bool {
         self.group.as_ref().is_some_and(|g| g.loopback())

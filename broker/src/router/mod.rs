@@ -49,6 +49,11 @@ pub struct Router {
     pub history: crate::groups::history::History,
     /// Which users are online, for `$groups/{gid}/presence`.
     pub presence: crate::groups::presence::Presence,
+    /// Round-robin messages waiting for an eligible member to come online, per gid
+    /// (in memory; bounded by [`ROUND_ROBIN_QUEUE`]).
+    waiting: std::sync::Mutex<
+        rustc_hash::FxHashMap<crate::groups::Gid, std::collections::VecDeque<Arc<Message>>>,
+    >,
     /// Round-robin groups: the next turn, per gid.
     rotation: std::sync::Mutex<rustc_hash::FxHashMap<crate::groups::Gid, usize>>,
     /// Users and groups: every delivery of a group message is checked against it.
@@ -71,6 +76,7 @@ impl Router {
             retained,
             acl: RwLock::new(acl.map(Arc::new)),
             rotation: Default::default(),
+            waiting: Default::default(),
             presence: Default::default(),
             history,
             directory,
@@ -131,6 +137,9 @@ impl Router {
                 .set(&message, may_store || message.payload.is_empty());
         }
         if matches.is_empty() {
+            if let Some(g) = group.as_ref().filter(|g| g.is_round_robin()) {
+                self.wait_for_receiver(g, &message);
+            }
             return routed;
         }
         // Overlapping subscriptions of one session give one delivery, with the highest
@@ -172,7 +181,15 @@ impl Router {
                 targets.push(online[*turn % online.len()]);
                 *turn = turn.wrapping_add(1);
             } else {
-                Stats::add(&self.stats.dropped_no_receiver, 1);
+                self.wait_for_receiver(g, &message);
+            }
+        } else if group
+            .as_ref()
+            .is_some_and(|g| g.is_round_robin() && targets.is_empty())
+        {
+            // Nobody subscribed at all: the group's queue, as when nobody is online.
+            if let Some(g) = &group {
+                self.wait_for_receiver(g, &message);
             }
         }
         for (index, end) in targets {
@@ -210,7 +227,10 @@ impl Router {
                 }
             }
         }
-        if let Some(g) = group.as_ref().filter(|g| g.may_store() && !g.live) {
+        if let Some(g) = group
+            .as_ref()
+            .filter(|g| g.may_store() && !g.live && !message.rerouted)
+        {
             if !message.payload.is_empty() || !message.retain {
                 routed.ticket = routed.ticket.max(self.record_history(g, &message));
             }
@@ -276,7 +296,57 @@ fn split_share(filter: &str) -> (Option<&str>, &str) {
 
 /// Builds the delivery for one session from all its matching subscriptions, or `None` when
 /// no-local or the ACL excludes it.
+/// Round-robin messages a group keeps while no member is online.
+pub const ROUND_ROBIN_QUEUE: usize = 10_000;
+
 impl Router {
+    /// A round-robin message no member could take: queued for the first eligible member
+    /// that comes online or subscribes (not for no-store groups, which drop it).
+    fn wait_for_receiver(&self, group: &GroupRoute, message: &Arc<Message>) {
+        if !group.may_store() || message.qos == QoS::AtMostOnce {
+            Stats::add(&self.stats.dropped_no_receiver, 1);
+            return;
+        }
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let queue = waiting.entry(group.gid).or_default();
+        if queue.len() >= ROUND_ROBIN_QUEUE {
+            queue.pop_front();
+            Stats::add(&self.stats.dropped_no_receiver, 1);
+            tracing::warn!(
+                gid = group.gid,
+                "round-robin queue full: oldest message dropped"
+            );
+        }
+        queue.push_back(message.clone());
+    }
+
+    /// Someone who may now receive came online or subscribed: routes the waiting
+    /// round-robin messages of the groups `username` is a member of again.
+    pub fn release_waiting(&self, username: &str) {
+        let gids: Vec<crate::groups::Gid> = {
+            let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            waiting.keys().copied().collect()
+        };
+        for gid in gids {
+            let member = self
+                .directory
+                .group(gid)
+                .is_some_and(|g| g.members.contains_key(username));
+            if !member {
+                continue;
+            }
+            let queued = self
+                .waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&gid)
+                .unwrap_or_default();
+            for message in queued {
+                self.publish(message.rerouted(), None);
+            }
+        }
+    }
+
     /// Adds a group message to its group's history, in the next commit.
     fn record_history(
         &self,

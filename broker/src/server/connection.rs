@@ -384,6 +384,9 @@ impl Connection {
         }
         self.flush(writer).await;
         self.core.outbox.set_online(false);
+        if !matches!(end, End::Shutdown) {
+            self.fail_over_round_robin();
+        }
         if let Some(address) = &self.username {
             let router = &self.broker.router;
             for (topic, payload) in router.presence.disconnected(address, &router.directory) {
@@ -434,6 +437,51 @@ impl Connection {
         tracing::debug!(client_id = %self.client_id, peer = %self.peer, ?end, "connection closed");
         if let End::Violation(_) = end {
             linger(reader).await;
+        }
+    }
+
+    /// Round-robin failover [SPEC §7]: group messages this session was given and has not
+    /// acknowledged go to the next member (this session is offline now, so the rotation
+    /// skips it). In flight: taken back (with their stored entries). Queued but unsent:
+    /// taken back when the session ends with its connection (they would be lost).
+    fn fail_over_round_robin(&mut self) {
+        let directory = self.broker.router.directory.clone();
+        let is_round_robin = |message: &crate::message::Message| {
+            crate::groups::enforce::GroupRoute::for_topic(&message.topic, &directory)
+                .is_some_and(|g| g.is_round_robin())
+        };
+        let unacknowledged: Vec<u16> = self
+            .state
+            .inflight
+            .iter()
+            .filter(|(_, f)| !f.released && is_round_robin(&f.delivery.message))
+            .map(|(packet_id, _)| *packet_id)
+            .collect();
+        let mut again = Vec::new();
+        for packet_id in unacknowledged {
+            if let Some(inflight) = self.state.inflight.remove(&packet_id) {
+                let forget = self.forget_inflight(packet_id, &inflight);
+                self.stored_delivery_done(inflight.delivery.stored, forget);
+                again.push(inflight.delivery.message);
+            }
+        }
+        // (`kick` is gone once a new connection took the session over: it keeps them.)
+        if self.state.expiry_interval == 0 && self.kick.is_some() {
+            let mut queued = Vec::new();
+            self.core
+                .outbox
+                .drain_into(&mut queued, usize::MAX, usize::MAX);
+            again.extend(
+                queued
+                    .into_iter()
+                    .filter(|d| {
+                        d.qos != crate::codec::QoS::AtMostOnce && is_round_robin(&d.message)
+                    })
+                    .map(|d| d.message),
+            );
+        }
+        for message in again {
+            self.broker.router.publish(message.rerouted(), None);
         }
     }
 

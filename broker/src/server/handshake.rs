@@ -262,6 +262,8 @@ async fn admit(
         for (topic, payload) in router.presence.connected(address, &router.directory) {
             super::realtime::publish_internal(&broker, &topic, payload.into(), Default::default());
         }
+        // A resumed session's subscriptions may take waiting round-robin messages.
+        router.release_waiting(address);
     }
 
     let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);

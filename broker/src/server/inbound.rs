@@ -411,6 +411,10 @@ impl Connection {
             options,
             subscription_id,
         );
+        if let Some(address) = &self.username {
+            // Round-robin messages waiting for a member may now have one [SPEC §7].
+            self.broker.router.release_waiting(address);
+        }
         self.state.subscriptions.insert(
             filter.to_string(),
             SessionSubscription {
