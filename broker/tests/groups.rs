@@ -606,6 +606,22 @@ async fn presence_snapshot_then_online_and_offline_announcements() {
         (offline["address"].as_str(), offline["online"].as_bool()),
         (Some("p2"), Some(false))
     );
+    // Removed from the group, p1 stops hearing its presence at once.
+    broker
+        .directory()
+        .edit_members(
+            gid,
+            MembersEdit {
+                addresses: vec!["p1".into()],
+                remove: true,
+                ..MembersEdit::default()
+            },
+            now_secs(),
+        )
+        .unwrap();
+    let p2c = v4_user(&broker, "p2").await;
+    p1.expect_no_publish(QUIET).await;
+    p2c.disconnect().await;
     // A non-member may not list (list 0 = members).
     broker.token("outsider");
     let mut outsider = v4_user(&broker, "outsider").await;

@@ -14,9 +14,10 @@ pub struct GroupRoute {
     pub gid: Gid,
     /// `None`: the group does not exist (any more): nobody receives.
     pub group: Option<Arc<Group>>,
-    /// `Recv` for group messages, `Sub` for live topics.
+    /// `Recv` for group messages, `Sub` for live topics, `List` for presence.
     pub action: Action,
     pub message_type: u32,
+    /// Live topics and presence: never retained, stored or queued offline.
     pub live: bool,
     now: u64,
 }
@@ -24,15 +25,20 @@ pub struct GroupRoute {
 impl GroupRoute {
     /// The route of a message published on `topic`, if it is a group or live topic.
     pub fn for_topic(topic: &str, directory: &Directory) -> Option<GroupRoute> {
-        let (gid, message_type, live) = match parse_topic(topic)? {
-            Ok(GroupTopic::Message { gid, message_type }) => (gid, message_type, false),
-            Ok(GroupTopic::Live { gid }) => (gid, 0, true),
+        // Presence is checked like a live topic, against `list`: a member removed or
+        // demoted stops hearing it at once too.
+        let (gid, message_type, live, action) = match parse_topic(topic)? {
+            Ok(GroupTopic::Message { gid, message_type }) => {
+                (gid, message_type, false, Action::Recv)
+            }
+            Ok(GroupTopic::Live { gid }) => (gid, 0, true, Action::Sub),
+            Ok(GroupTopic::Presence { gid }) => (gid, 0, true, Action::List),
             _ => return None,
         };
         Some(GroupRoute {
             gid,
             group: directory.group(gid),
-            action: if live { Action::Sub } else { Action::Recv },
+            action,
             message_type,
             live,
             now: now_secs(),
