@@ -137,24 +137,14 @@ fn answer(status: StatusCode, body: Value) -> Response {
 
 /// Routes a JSON notification the broker itself publishes: QoS 1, not retained.
 pub fn publish_internal(router: &Router, topic: &str, payload: &Value) {
-    use crate::codec::{MqttStr, Properties, Publish, QoS};
-    let publish = Publish {
-        dup: false,
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        topic: MqttStr::from(topic),
-        packet_id: 0,
-        properties: Properties {
-            content_type: Some(MqttStr::from("application/json")),
-            payload_format_indicator: Some(1),
-            ..Properties::default()
-        },
-        payload: bytes::Bytes::from(serde_json::to_vec(payload).unwrap_or_default()),
+    use crate::codec::{MqttStr, Properties};
+    let properties = Properties {
+        content_type: Some(MqttStr::from("application/json")),
+        payload_format_indicator: Some(1),
+        ..Properties::default()
     };
-    router.publish(
-        crate::message::Message::new(publish, Arc::from("$api")),
-        None,
-    );
+    let payload = bytes::Bytes::from(serde_json::to_vec(payload).unwrap_or_default());
+    router.publish_internal(topic, payload, properties);
 }
 
 /// Makes sure there is an app token: the configured one, or the one generated at first

@@ -296,6 +296,28 @@ fn split_share(filter: &str) -> (Option<&str>, &str) {
 
 /// Builds the delivery for one session from all its matching subscriptions, or `None` when
 /// no-local or the ACL excludes it.
+impl Router {
+    /// Routes a message the broker itself publishes (API events, real-time replies,
+    /// presence): QoS 1, not retained, from no client.
+    pub fn publish_internal(
+        &self,
+        topic: &str,
+        payload: bytes::Bytes,
+        properties: crate::codec::Properties,
+    ) {
+        let publish = crate::codec::Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: crate::codec::MqttStr::from(topic),
+            packet_id: 0,
+            properties,
+            payload,
+        };
+        self.publish(Message::new(publish, Arc::from("")), None);
+    }
+}
+
 /// Round-robin messages a group keeps while no member is online.
 pub const ROUND_ROBIN_QUEUE: usize = 10_000;
 

@@ -390,12 +390,7 @@ impl Connection {
         if let Some(address) = &self.username {
             let router = &self.broker.router;
             for (topic, payload) in router.presence.disconnected(address, &router.directory) {
-                super::realtime::publish_internal(
-                    &self.broker,
-                    &topic,
-                    payload.into(),
-                    Default::default(),
-                );
+                router.publish_internal(&topic, payload.into(), Default::default());
             }
         }
         match end {

@@ -260,7 +260,7 @@ async fn admit(
     if let Some(address) = &username {
         let router = &broker.router;
         for (topic, payload) in router.presence.connected(address, &router.directory) {
-            super::realtime::publish_internal(&broker, &topic, payload.into(), Default::default());
+            router.publish_internal(&topic, payload.into(), Default::default());
         }
         // A resumed session's subscriptions may take waiting round-robin messages.
         router.release_waiting(address);

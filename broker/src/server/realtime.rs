@@ -3,28 +3,10 @@
 //! MQTT 5 Response Topic with the Correlation Data, or to `$users/{address}/replies`.
 
 use super::connection::Connection;
-use super::Broker;
 use crate::codec::{reason, MqttStr, Packet, Properties, PubResponse, Publish, QoS};
 use crate::groups::enforce;
-use crate::message::Message;
 use bytes::Bytes;
 use std::sync::Arc;
-
-/// Routes a message the broker itself publishes (replies, notifications, presence).
-pub fn publish_internal(broker: &Broker, topic: &str, payload: Bytes, properties: Properties) {
-    let publish = Publish {
-        dup: false,
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        topic: MqttStr::from(topic),
-        packet_id: 0,
-        properties,
-        payload,
-    };
-    broker
-        .router
-        .publish(Message::new(publish, Arc::from("")), None);
-}
 
 impl Connection {
     pub(super) fn on_ops_request(&mut self, publish: Publish) {
@@ -48,7 +30,9 @@ impl Connection {
                 ..Properties::default()
             };
             let payload = Bytes::from(serde_json::to_vec(&reply).unwrap_or_default());
-            publish_internal(&broker, &reply_topic, payload, properties);
+            broker
+                .router
+                .publish_internal(&reply_topic, payload, properties);
         });
         match publish.qos {
             QoS::AtMostOnce => {}
