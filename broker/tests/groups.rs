@@ -780,3 +780,51 @@ async fn round_robin_fails_over_unacknowledged_messages_and_queues_while_nobody_
     r2.expect_no_publish(QUIET).await;
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_member_removed_while_offline_gets_nothing_of_what_was_queued() {
+    let broker = TestBroker::start().await;
+    let gid = group(
+        &broker,
+        Permissions::default(),
+        0,
+        &["owner", "away"],
+        MemberPermissionsPatch::default(),
+    );
+    let token = broker.token("away");
+    let persistent = |o: &mut v4::MqttOptions| {
+        o.set_clean_session(false);
+        o.set_credentials("away", token.clone());
+    };
+    let mut away = v4::connect_with(broker.addr, "away-session", persistent)
+        .await
+        .unwrap();
+    away.subscribe("groups/#", v4::QoS::AtLeastOnce).await;
+    away.disconnect().await;
+    let mut owner = v5_user(&broker, "owner").await;
+    owner
+        .publish(
+            &format!("groups/{gid}"),
+            v5::QoS::AtLeastOnce,
+            false,
+            b"queued",
+        )
+        .await;
+    broker
+        .directory()
+        .edit_members(
+            gid,
+            MembersEdit {
+                addresses: vec!["away".into()],
+                remove: true,
+                ..MembersEdit::default()
+            },
+            now_secs(),
+        )
+        .unwrap();
+    let mut away = v4::connect_with(broker.addr, "away-session", persistent)
+        .await
+        .unwrap();
+    away.expect_no_publish(QUIET).await;
+    broker.stop().await;
+}

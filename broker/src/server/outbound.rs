@@ -40,6 +40,13 @@ impl Connection {
                 self.stored_delivery_done(delivery.stored, None);
                 continue;
             }
+            if !self.may_still_receive(&delivery) {
+                // Queued while allowed, no longer allowed (removed, demoted, group
+                // deactivated or deleted while it waited): not delivered [SPEC §6].
+                Stats::add(&self.broker.stats.acl_denied, 1);
+                self.stored_delivery_done(delivery.stored, None);
+                continue;
+            }
             let stored = delivery.stored;
             if self.write_new_delivery(delivery) {
                 sent += 1;
@@ -51,6 +58,18 @@ impl Connection {
             Stats::add(&self.broker.stats.publish_sent, sent);
             Stats::add(&self.broker.stats.messages_sent, sent);
         }
+    }
+
+    /// A group message is checked again when it is sent, against the group as it is now:
+    /// it may have waited in a queue (offline, backlog) since it was routed.
+    fn may_still_receive(&self, delivery: &Delivery) -> bool {
+        let topic = &delivery.message.topic;
+        if !(topic.starts_with("groups/") || topic.starts_with("$groups/")) {
+            return true;
+        }
+        let directory = &self.broker.router.directory;
+        crate::groups::enforce::GroupRoute::for_topic(topic, directory)
+            .is_none_or(|route| route.receiver(self.username.as_deref()).is_some())
     }
 
     /// Reads the next stored entries of a persistent session back, once its in-memory
