@@ -105,17 +105,25 @@ class Broker:
         self.stop()
         raise RuntimeError("the broker did not print its address within 10 s")
 
-    def add_user(self, address: str) -> str:
-        """Creates a user through the management API; returns its token (the MQTT password)."""
+    def api(self, request: dict) -> tuple[int, dict]:
+        """One management API call (the app token added): (HTTP status, JSON answer)."""
         import json
+        import urllib.error
         import urllib.request
-        body = json.dumps({"op": "useradd", "token": self.app_token, "user": {"address": address}})
-        request = urllib.request.Request(
+        body = json.dumps({"token": self.app_token, **request})
+        http_request = urllib.request.Request(
             f"http://127.0.0.1:{self.http_port}/api", data=body.encode(),
             headers={"content-type": "application/json"})
-        with urllib.request.urlopen(request, timeout=5) as response:
-            answer = json.loads(response.read())
-        assert answer["result"], answer
+        try:
+            with urllib.request.urlopen(http_request, timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def add_user(self, address: str) -> str:
+        """Creates a user through the management API; returns its token (the MQTT password)."""
+        status, answer = self.api({"op": "useradd", "user": {"address": address}})
+        assert status == 200 and answer["result"], answer
         return answer["user"]["token"]
 
     def _drain(self):
