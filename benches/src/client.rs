@@ -94,6 +94,34 @@ impl Shared {
     }
 }
 
+/// MQTT username and password of one client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credential {
+    pub username: String,
+    pub password: String,
+}
+
+/// Parse a credentials file: one `username password` per line (blank lines
+/// and lines starting with `#` are skipped).
+pub fn parse_credentials(text: &str) -> Result<Vec<Credential>> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(u), Some(p), None) => out.push(Credential {
+                username: u.to_string(),
+                password: p.to_string(),
+            }),
+            _ => bail!("credentials line {}: expected `username password`", n + 1),
+        }
+    }
+    Ok(out)
+}
+
 pub struct Conn {
     pub stream: TcpStream,
     pub rbuf: BytesMut,
@@ -123,12 +151,14 @@ async fn read_packet_kind(conn: &mut Conn, want: u8) -> Result<BytesMut> {
     }
 }
 
-/// TCP connect, CONNECT, wait for a successful CONNACK.
+/// TCP connect, CONNECT (with optional username/password), wait for a
+/// successful CONNACK.
 pub async fn connect(
     addr: &str,
     client_id: &str,
     keep_alive: u16,
     clean_session: bool,
+    credentials: Option<&Credential>,
 ) -> Result<Conn> {
     let stream = TcpStream::connect(addr)
         .await
@@ -139,7 +169,13 @@ pub async fn connect(
         rbuf: BytesMut::with_capacity(4096),
     };
     let mut out = BytesMut::with_capacity(64);
-    mqtt::encode_connect(&mut out, client_id, keep_alive, clean_session);
+    mqtt::encode_connect_auth(
+        &mut out,
+        client_id,
+        keep_alive,
+        clean_session,
+        credentials.map(|c| (c.username.as_str(), c.password.as_str())),
+    );
     conn.stream.write_all(&out).await?;
     let raw = read_packet_kind(&mut conn, mqtt::CONNACK).await?;
     match mqtt::decode(&raw, MAX_PACKET)? {
@@ -741,5 +777,22 @@ async fn publisher_loop(
         if window_blocked {
             slot.waiting.store(false, Ordering::SeqCst);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_file() {
+        let c = parse_credentials("# users\nu1 aa\n\n  u2\tbb  \n").unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            (c[1].username.as_str(), c[1].password.as_str()),
+            ("u2", "bb")
+        );
+        assert!(parse_credentials("u1\n").is_err());
+        assert!(parse_credentials("u1 a b\n").is_err());
     }
 }

@@ -126,6 +126,19 @@ struct Args {
     /// Subscriber read buffer, bytes.
     #[arg(long, default_value_t = 128 * 1024)]
     read_buffer: usize,
+    /// Log in with username/password: a file with one `username password`
+    /// per line. Subscriber i uses line i (the file must have at least one
+    /// line per subscriber); publisher j uses line subscribers + j if there
+    /// is one, otherwise it connects without credentials.
+    #[arg(long, value_name = "FILE")]
+    credentials: Option<std::path::PathBuf>,
+    /// Subscription filter for every subscriber instead of the scenario's
+    /// (e.g. `groups/#`); it must match the publishers' topics.
+    #[arg(long)]
+    subscribe_filter: Option<String>,
+    /// Topic for every publisher instead of the scenario's (e.g. `groups/7`).
+    #[arg(long)]
+    publish_topic: Option<String>,
 }
 
 /// Who publishes where, and who expects what.
@@ -353,12 +366,34 @@ async fn run_traffic(args: &Args) -> Result<Value> {
         .topic_prefix
         .clone()
         .unwrap_or_else(|| format!("rookery-load/{tag}"));
-    let plan = Plan::build(args, &prefix)?;
+    let mut plan = Plan::build(args, &prefix)?;
+    if let Some(t) = &args.publish_topic {
+        plan.pub_topics.iter_mut().for_each(|p| p.clone_from(t));
+    }
+    if let Some(f) = &args.subscribe_filter {
+        plan.subs.iter_mut().for_each(|(s, _)| s.clone_from(f));
+    }
     let n_pubs = plan.pub_topics.len();
     let n_subs = plan.subs.len();
     if n_pubs == 0 || n_subs == 0 {
         bail!("need at least one publisher and one subscriber");
     }
+    let creds: Arc<Vec<client::Credential>> = Arc::new(match &args.credentials {
+        None => Vec::new(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let c = client::parse_credentials(&text)?;
+            if c.len() < n_subs {
+                bail!(
+                    "{}: {} credentials for {n_subs} subscribers",
+                    path.display(),
+                    c.len()
+                );
+            }
+            c
+        }
+    });
     let addr = format!("{}:{}", args.host, args.port);
     let pid = args.broker_pid.map(|p| p.to_string());
     let tck = procfs::clk_tck();
@@ -398,14 +433,17 @@ async fn run_traffic(args: &Args) -> Result<Value> {
     let (qos, ka) = (args.qos, args.keepalive);
     let clean_subscribers = !args.persistent_subscribers;
     let sub_conns = {
-        let (addr, tag, filters) = (addr.clone(), tag.clone(), filters.clone());
+        let (addr, tag, filters, creds) =
+            (addr.clone(), tag.clone(), filters.clone(), creds.clone());
         tokio::time::timeout(
             setup_deadline,
             connect_many(n_subs, args.connect_concurrency, move |i| {
                 let (addr, id, filter) =
                     (addr.clone(), format!("rl-{tag}-s{i}"), filters[i].clone());
+                let cred = creds.get(i).cloned();
                 async move {
-                    let mut c = client::connect(&addr, &id, ka, clean_subscribers).await?;
+                    let mut c =
+                        client::connect(&addr, &id, ka, clean_subscribers, cred.as_ref()).await?;
                     client::subscribe(&mut c, &filter, qos).await?;
                     Ok(c)
                 }
@@ -481,8 +519,9 @@ async fn run_traffic(args: &Args) -> Result<Value> {
             shared.clone(),
             start_rx.clone(),
         );
+        let cred = creds.get(n_subs + i).cloned();
         let body = async move {
-            match client::connect(&addr, &id, ka, true).await {
+            match client::connect(&addr, &id, ka, true, cred.as_ref()).await {
                 Ok(conn) => {
                     let _ = ready_tx.send(Ok(()));
                     let stats = client::run_publisher(cfg, shared, conn, start_rx, shut_rx).await;
@@ -750,7 +789,7 @@ async fn run_idle(args: &Args) -> Result<Value> {
                 async move {
                     tokio::time::timeout(
                         Duration::from_secs(10),
-                        client::connect(&addr, &id, ka, true),
+                        client::connect(&addr, &id, ka, true, None),
                     )
                     .await
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("connect timed out")))

@@ -94,16 +94,38 @@ fn put_str(buf: &mut BytesMut, s: &[u8]) {
 }
 
 /// CONNECT, protocol level 4 (3.1.1), no will, no credentials.
+#[cfg_attr(not(test), allow(dead_code))]
 pub fn encode_connect(buf: &mut BytesMut, client_id: &str, keep_alive: u16, clean_session: bool) {
-    let remaining = 10 + 2 + client_id.len();
+    encode_connect_auth(buf, client_id, keep_alive, clean_session, None);
+}
+
+/// CONNECT, protocol level 4 (3.1.1), no will, with an optional
+/// (username, password).
+pub fn encode_connect_auth(
+    buf: &mut BytesMut,
+    client_id: &str,
+    keep_alive: u16,
+    clean_session: bool,
+    credentials: Option<(&str, &str)>,
+) {
+    let creds_len = credentials.map_or(0, |(u, p)| 4 + u.len() + p.len());
+    let remaining = 10 + 2 + client_id.len() + creds_len;
     buf.reserve(5 + remaining);
     buf.put_u8(CONNECT << 4);
     put_remaining_length(buf, remaining);
     put_str(buf, b"MQTT");
     buf.put_u8(4);
-    buf.put_u8(if clean_session { 0x02 } else { 0 });
+    let mut flags = if clean_session { 0x02 } else { 0 };
+    if credentials.is_some() {
+        flags |= 0x80 | 0x40;
+    }
+    buf.put_u8(flags);
     buf.put_u16(keep_alive);
     put_str(buf, client_id.as_bytes());
+    if let Some((user, password)) = credentials {
+        put_str(buf, user.as_bytes());
+        put_str(buf, password.as_bytes());
+    }
 }
 
 /// SUBSCRIBE with one or more (filter, requested QoS) pairs.
@@ -343,6 +365,19 @@ mod tests {
         assert_eq!(
             &b[..],
             &[0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 2, b'a', b'b']
+        );
+    }
+
+    #[test]
+    fn connect_with_credentials_bytes() {
+        let mut b = BytesMut::new();
+        encode_connect_auth(&mut b, "c", 30, true, Some(("u1", "tk")));
+        assert_eq!(
+            &b[..],
+            &[
+                0x10, 21, 0, 4, b'M', b'Q', b'T', b'T', 4, 0xc2, 0, 30, 0, 1, b'c', 0, 2, b'u',
+                b'1', 0, 2, b't', b'k'
+            ]
         );
     }
 
