@@ -27,6 +27,9 @@ pub struct Message {
     /// Routed again (round-robin failover, or out of a group's queue): not a new message
     /// for the group's history.
     pub rerouted: bool,
+    /// For a group message: the directory generation its routing was decided under (0:
+    /// none). Sent later under the same generation, it needs no second check.
+    pub directory_generation: u64,
     pub received_at: Instant,
     /// When the message expires, from the Message Expiry Interval [MQTT-3.3.2-5].
     pub expires_at: Option<Instant>,
@@ -52,6 +55,7 @@ impl Message {
             publisher,
             sender: None,
             rerouted: false,
+            directory_generation: 0,
             received_at,
             expires_at,
             encoded: Default::default(),
@@ -105,6 +109,7 @@ impl Message {
             publisher: Arc::from(stored.publisher),
             sender: None,
             rerouted: false,
+            directory_generation: 0,
             received_at,
             expires_at,
             encoded: Default::default(),

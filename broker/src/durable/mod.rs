@@ -292,6 +292,9 @@ struct Pending {
     slots: VecDeque<Slot>,
     /// The position of `slots[0]`: how many operations were taken before it.
     base: Ticket,
+    /// The position after the last operation that may be waited for (all but
+    /// [`Durable::submit_lazy`]'s): a batch before it needs its fsync.
+    awaited_through: Ticket,
     /// Where each pending `Enqueue` is (position), so that a `Dequeue` of the same entry
     /// arriving before the commit cancels both: a message acknowledged by its subscriber
     /// before it reached the disk need never be written at all.
@@ -367,6 +370,7 @@ impl Durable {
             pending: Mutex::new(Pending {
                 slots: VecDeque::new(),
                 base: 0,
+                awaited_through: 0,
                 enqueued: HashMap::default(),
                 messages: HashMap::default(),
             }),
@@ -391,21 +395,32 @@ impl Durable {
 
     /// Queues operations for the next commit and returns its ticket. Never blocks on I/O.
     pub fn submit(&self, ops: impl IntoIterator<Item = Op>) -> Ticket {
-        self.submit_due(ops, Instant::now())
+        self.submit_due(ops, Instant::now(), true)
     }
 
     /// Like [`Durable::submit`], for operations that an acknowledgement expected soon
     /// may cancel: they are written only once `write_behind` has passed.
     pub fn submit_behind(&self, ops: impl IntoIterator<Item = Op>) -> Ticket {
-        self.submit_due(ops, Instant::now() + self.write_behind)
+        self.submit_due(ops, Instant::now() + self.write_behind, true)
     }
 
-    fn submit_due(&self, ops: impl IntoIterator<Item = Op>, at: Instant) -> Ticket {
+    /// For operations nobody waits for and nothing promises durable (the history entry
+    /// of a QoS 0 group message): written after `write_behind`, and a batch of only such
+    /// operations is not fsynced by itself — the next flush covers it. A crash may lose
+    /// the last of them, as it may lose any QoS 0 message.
+    pub fn submit_lazy(&self, ops: impl IntoIterator<Item = Op>) {
+        self.submit_due(ops, Instant::now() + self.write_behind, false);
+    }
+
+    fn submit_due(&self, ops: impl IntoIterator<Item = Op>, at: Instant, awaited: bool) -> Ticket {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let mut added = false;
         let mut cancelled = Cancelled::default();
         for op in ops {
             added |= pending.push(op, at, &mut cancelled);
+        }
+        if awaited {
+            pending.awaited_through = pending.end();
         }
         let ticket = pending.end();
         drop(pending);
@@ -509,8 +524,9 @@ impl Durable {
     /// batch.
     async fn commit_pending(&self, flush: bool, now: Option<Instant>) {
         let _gate = self.commit_gate.lock().await;
-        let (ops, start, end) = {
+        let (ops, start, end, awaited) = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let awaited = pending.awaited_through > pending.base;
             let taken = pending.take(now);
             tracing::trace!(
                 slots = taken.2 - taken.1,
@@ -518,8 +534,10 @@ impl Durable {
                 left = pending.slots.len(),
                 "batch taken"
             );
-            taken
+            (taken.0, taken.1, taken.2, awaited)
         };
+        // Only lazy operations: applied now, fsynced by the next flush.
+        let flush = flush && awaited;
         let ticket = (start, end);
         if ops.is_empty() {
             self.finish(ticket, Ok(()));

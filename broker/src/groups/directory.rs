@@ -121,6 +121,9 @@ struct State {
 
 pub struct Directory {
     state: RwLock<State>,
+    /// Bumped by every change of a group (or of who is in it): a message stamped with the
+    /// current generation at routing needs no second check when it is sent.
+    generation: std::sync::atomic::AtomicU64,
     durable: Option<Arc<Durable>>,
     /// Held while a change is made and submitted, so that records reach the store in the
     /// order the changes were made.
@@ -184,6 +187,7 @@ impl Directory {
         state.next_uid = state.next_uid.max(max_uid + 1);
         Ok(Directory {
             state: RwLock::new(state),
+            generation: std::sync::atomic::AtomicU64::new(1),
             durable,
             writer: Mutex::new(()),
         })
@@ -193,8 +197,17 @@ impl Directory {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Write access; counts as a change (see `generation`).
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
+        let guard = self.state.write().unwrap_or_else(|e| e.into_inner());
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        guard
+    }
+
+    /// The current generation: read it before the snapshot it guards.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn submit(&self, ops: Vec<Op>) -> Option<Ticket> {

@@ -5,8 +5,9 @@
 //! permission values cannot disagree: `permissions` in a request are written into the
 //! bits, and the values in a response are read from them.
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 pub type Gid = u32;
 
@@ -357,7 +358,8 @@ pub struct Group {
     pub expiryext: u64,
     pub expires_at: u64,
     pub created: u64,
-    pub members: HashMap<String, Member>,
+    /// Fx hashing: one lookup per delivery of every group message.
+    pub members: FxHashMap<String, Member>,
 }
 
 /// Default validity: one year.
@@ -376,7 +378,7 @@ impl Group {
             expiryext: 0,
             expires_at: now.saturating_add(DEFAULT_DURATION),
             created: now,
-            members: HashMap::new(),
+            members: FxHashMap::default(),
         }
     }
 

@@ -102,11 +102,16 @@ impl Router {
         if message.retain || matches.iter().any(|s| s.session.outbox.is_backlogged()) {
             message.detach_from_read_buffer();
         }
+        // A group message: every delivery is checked against the group's current rules
+        // (SPEC §6), and live topics and no-store groups touch no disk (SPEC §7). The
+        // generation is read before the snapshot (see `Directory::generation`).
+        let generation = self.directory.generation();
+        let group = GroupRoute::for_topic(&message.topic, &self.directory);
+        if group.is_some() {
+            message.directory_generation = generation;
+        }
         let message = Arc::new(message);
         let mut routed = Routed::default();
-        // A group message: every delivery is checked against the group's current rules
-        // (SPEC §6), and live topics and no-store groups touch no disk (SPEC §7).
-        let group = GroupRoute::for_topic(&message.topic, &self.directory);
         let no_disk = group.as_ref().is_some_and(|g| !g.may_store());
         // Storage full: a QoS >= 1 message that would be stored is refused whole, or its
         // stored copies are dropped (`[storage] full_policy`). QoS 0 flows as usual.
@@ -390,8 +395,15 @@ impl Router {
             ts: now,
             payload: message.payload.clone(),
         };
-        let ops = self.history.record(group.gid, entry, now);
+        let awaited = message.qos != QoS::AtMostOnce;
+        let ops = self.history.record(group.gid, entry, awaited, now);
         match &self.durable {
+            // QoS 0 promises nothing: its entry is written behind, without an fsync
+            // of its own (most of the cost of history at high rates).
+            Some(durable) if !ops.is_empty() && message.qos == QoS::AtMostOnce => {
+                durable.submit_lazy(ops);
+                None
+            }
             Some(durable) if !ops.is_empty() => Some(durable.submit(ops)),
             _ => None,
         }

@@ -141,6 +141,15 @@ impl BrokerHandle {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if let Some(durable) = &self.broker.durable {
+            // Open QoS 0 history chunks too.
+            let open = self
+                .broker
+                .router
+                .history
+                .flush_due(crate::groups::now_secs(), true);
+            if !open.is_empty() {
+                durable.submit(open);
+            }
             // Everything submitted reaches the disk, including what `batched` had not
             // flushed yet.
             if let Err(error) = durable.drain().await {
@@ -231,6 +240,7 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
         tokio::spawn(accept_loop(listener, broker.clone())),
         tokio::spawn(expire_sessions(broker.clone())),
         tokio::spawn(crate::sys::publish_periodically(broker.clone())),
+        tokio::spawn(flush_history_chunks(broker.clone())),
     ];
     let commit_task = durable.as_ref().map(|durable| {
         let interval = Duration::from_millis(broker.config.storage.flush_interval_ms.max(1));
@@ -325,6 +335,24 @@ fn open_storage(config: &Config) -> Result<(Option<Arc<Durable>>, Recovered), St
         Duration::from_millis(config.storage.write_behind_ms),
     );
     Ok((Some(durable), recovered))
+}
+
+/// Writes QoS 0 history chunks that have been open for a while (`groups/history.rs`).
+async fn flush_history_chunks(broker: Arc<Broker>) {
+    let Some(durable) = broker.durable.clone() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let ops = broker
+            .router
+            .history
+            .flush_due(crate::groups::now_secs(), false);
+        if !ops.is_empty() {
+            durable.submit_lazy(ops);
+        }
+    }
 }
 
 /// Puts recovered sessions back: offline, with their subscriptions in the router.

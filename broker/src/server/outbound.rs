@@ -68,6 +68,11 @@ impl Connection {
             return true;
         }
         let directory = &self.broker.router.directory;
+        let routed_under = delivery.message.directory_generation;
+        if routed_under != 0 && routed_under == directory.generation() {
+            // Nothing changed since routing decided (the usual case: one atomic load).
+            return true;
+        }
         crate::groups::enforce::GroupRoute::for_topic(topic, directory)
             .is_none_or(|route| route.receiver(self.username.as_deref()).is_some())
     }
