@@ -828,3 +828,62 @@ async fn a_member_removed_while_offline_gets_nothing_of_what_was_queued() {
     away.expect_no_publish(QUIET).await;
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn an_exact_group_subscription_sees_every_change_at_once() {
+    // `groups/{gid}` subscriptions cache their decision per directory generation.
+    let broker = TestBroker::start().await;
+    let gid = group(
+        &broker,
+        Permissions::default(),
+        0,
+        &["boss", "ivy"],
+        MemberPermissionsPatch::default(),
+    );
+    let dir = broker.directory();
+    let topic = format!("groups/{gid}");
+    let mut ivy = v4_user(&broker, "ivy").await;
+    ivy.subscribe(&topic, v4::QoS::AtLeastOnce).await;
+    let mut boss = v4_user(&broker, "boss").await;
+    let ivy_edit = |remove| MembersEdit {
+        addresses: vec!["ivy".into()],
+        remove,
+        ..MembersEdit::default()
+    };
+    for round in 0..3u8 {
+        boss.publish(&topic, v4::QoS::AtLeastOnce, false, &[round])
+            .await;
+        assert_eq!(
+            &ivy.recv_publish().await.payload[..],
+            &[round],
+            "member, round {round}"
+        );
+        dir.edit_members(gid, ivy_edit(true), now_secs()).unwrap();
+        boss.publish(&topic, v4::QoS::AtLeastOnce, false, b"removed")
+            .await;
+        ivy.expect_no_publish(QUIET).await;
+        dir.edit_members(gid, ivy_edit(false), now_secs()).unwrap();
+    }
+    // An unrelated change (a new user) keeps the decisions right too.
+    broker.token("someone-else");
+    dir.set_group(
+        gid,
+        GroupPatch {
+            validity: Some(rookery::groups::directory::ValidityPatch {
+                duration: Some(0),
+                ..Default::default()
+            }),
+            ..GroupPatch::default()
+        },
+        now_secs(),
+    )
+    .unwrap();
+    // Expired now: refused for the sender, nothing for ivy.
+    let mut boss5 = v5_user(&broker, "boss").await;
+    let code = boss5
+        .publish_with(&topic, v5::QoS::AtLeastOnce, false, b"expired", None)
+        .await;
+    assert_eq!(code, Some(0x87));
+    ivy.expect_no_publish(QUIET).await;
+    broker.stop().await;
+}

@@ -53,6 +53,11 @@ impl GroupRoute {
         decide(who, group, self.action, self.message_type, self.now).ok()
     }
 
+    /// The time (Unix s) the route decides at.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
     /// Whether anything of the message may touch the disk: never for live topics or
     /// no-store groups.
     pub fn may_store(&self) -> bool {

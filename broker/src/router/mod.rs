@@ -258,12 +258,15 @@ impl Router {
         subscription_id: Option<u32>,
     ) -> bool {
         let (share, plain) = split_share(filter);
+        let names_one_group = !plain.contains(['+', '#'])
+            && crate::groups::parse_topic(plain).is_some_and(|t| t.is_ok());
         let subscriber = Subscriber {
             session: session.clone(),
             options,
             subscription_id,
             shared: share.is_some(),
             username,
+            group_cache: names_one_group.then(Default::default),
         };
         let mut trie = self.trie.write().unwrap_or_else(|e| e.into_inner());
         let existed = trie.insert(plain, share, subscriber);
@@ -428,11 +431,29 @@ fn group_receiver(group: &GroupRoute, message: &Message, first: &Subscriber) -> 
     if !group.may_store() && !first.session.outbox.online() {
         return Receiver::No;
     }
-    match group.receiver(first.username.as_deref()) {
-        Some(Allow::Yes) => Receiver::Yes,
-        Some(Allow::RoundRobin) => Receiver::RoundRobin,
-        None => Receiver::No,
+    // The per-session cache of SPEC §6: one decision per subscription, keyed by the
+    // directory generation (any group change invalidates it) and the second (validity
+    // and expiry move with time).
+    let key = (message.directory_generation & 0xFFFF_FFFF) << 32 | (group.now() & 0x3FFF_FFFF) << 2;
+    if let Some(cache) = &first.group_cache {
+        let cached = cache.load(std::sync::atomic::Ordering::Relaxed);
+        if message.directory_generation != 0 && cached & !3 == key && cached & 3 != 0 {
+            return match cached & 3 {
+                1 => Receiver::Yes,
+                2 => Receiver::RoundRobin,
+                _ => Receiver::No,
+            };
+        }
     }
+    let (receiver, code) = match group.receiver(first.username.as_deref()) {
+        Some(Allow::Yes) => (Receiver::Yes, 1),
+        Some(Allow::RoundRobin) => (Receiver::RoundRobin, 2),
+        None => (Receiver::No, 3),
+    };
+    if let Some(cache) = &first.group_cache {
+        cache.store(key | code, std::sync::atomic::Ordering::Relaxed);
+    }
+    receiver
 }
 
 fn merge_delivery(

@@ -18,6 +18,9 @@ pub struct Subscriber {
     pub shared: bool,
     /// The username the session subscribed with, for per-delivery ACL checks.
     pub username: Option<Arc<str>>,
+    /// For a filter that names one group topic (no wildcard): the last group decision,
+    /// valid for one directory generation and one second (see `router::group_receiver`).
+    pub group_cache: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// A `$share/{name}/{filter}` group: each message goes to one member [MQTT-4.8.2].
