@@ -173,6 +173,17 @@ def tail(path: Path, lines: int = 5) -> str:
         return ""
 
 
+def stop_process(proc: subprocess.Popen | None) -> None:
+    """Stops a process we started, by its PID: SIGTERM, then SIGKILL after 8 s."""
+    if proc and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=8)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
 class Broker:
     """A broker process started fresh for one run."""
 
@@ -235,13 +246,7 @@ class Broker:
             raise RuntimeError(f"{self.name}: {e}; log: {tail(self.log)}") from None
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=8)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc)
         self.proc = None
         if self.tmp:
             self.tmp.cleanup()

@@ -39,7 +39,6 @@ import json
 import os
 import random
 import select
-import signal
 import socket
 import statistics
 import struct
@@ -111,13 +110,7 @@ class Rookery:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=8)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        compare.stop_process(self.proc)
         self.proc = None
 
     def close(self) -> None:
