@@ -286,10 +286,6 @@ pub struct AdminPatch {
 }
 
 impl AdminPatch {
-    pub fn is_empty(&self) -> bool {
-        *self == AdminPatch::default()
-    }
-
     pub fn apply_to(&self, mut to: AdminFlags) -> AdminFlags {
         let fields = [
             (self.owner, &mut to.owner),

@@ -19,10 +19,6 @@ pub struct Presence {
 pub type Announcement = (String, Vec<u8>);
 
 impl Presence {
-    pub fn is_online(&self, address: &str) -> bool {
-        self.lock().get(address).is_some_and(|n| *n > 0)
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, FxHashMap<String, usize>> {
         self.online.lock().unwrap_or_else(|e| e.into_inner())
     }

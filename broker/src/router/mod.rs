@@ -174,27 +174,20 @@ impl Router {
             }
             index = end;
         }
-        if let (Some(g), false) = (&group, round_robin.is_empty()) {
-            // One eligible online member per message, in turn [SPEC §7].
+        if let Some(g) = group.as_ref().filter(|g| g.is_round_robin()) {
+            // One eligible online member per message, in turn [SPEC §7]; with none, the
+            // group's queue.
             let online: Vec<(usize, usize)> = round_robin
                 .into_iter()
                 .filter(|(i, _)| matches[*i].session.outbox.online())
                 .collect();
-            if !online.is_empty() {
+            if online.is_empty() {
+                self.wait_for_receiver(g, &message);
+            } else {
                 let mut rotation = self.rotation.lock().unwrap_or_else(|e| e.into_inner());
                 let turn = rotation.entry(g.gid).or_insert(0);
                 targets.push(online[*turn % online.len()]);
                 *turn = turn.wrapping_add(1);
-            } else {
-                self.wait_for_receiver(g, &message);
-            }
-        } else if group
-            .as_ref()
-            .is_some_and(|g| g.is_round_robin() && targets.is_empty())
-        {
-            // Nobody subscribed at all: the group's queue, as when nobody is online.
-            if let Some(g) = &group {
-                self.wait_for_receiver(g, &message);
             }
         }
         for (index, end) in targets {
@@ -302,8 +295,9 @@ fn split_share(filter: &str) -> (Option<&str>, &str) {
     }
 }
 
-/// Builds the delivery for one session from all its matching subscriptions, or `None` when
-/// no-local or the ACL excludes it.
+/// Round-robin messages a group keeps while no member is online.
+pub const ROUND_ROBIN_QUEUE: usize = 10_000;
+
 impl Router {
     /// Routes a message the broker itself publishes (API events, real-time replies,
     /// presence): QoS 1, not retained, from no client.
@@ -324,12 +318,7 @@ impl Router {
         };
         self.publish(Message::new(publish, Arc::from("")), None);
     }
-}
 
-/// Round-robin messages a group keeps while no member is online.
-pub const ROUND_ROBIN_QUEUE: usize = 10_000;
-
-impl Router {
     /// A round-robin message no member could take: queued for the first eligible member
     /// that comes online or subscribes (not for no-store groups, which drop it).
     fn wait_for_receiver(&self, group: &GroupRoute, message: &Arc<Message>) {
@@ -390,7 +379,7 @@ impl Router {
             Some(durable) => durable.allocate_message_id(),
             None => self.history.local_id(),
         };
-        let now = crate::groups::now_secs();
+        let now = group.now();
         let entry = crate::groups::history::Entry {
             id,
             from: message.sender.as_deref().unwrap_or_default().to_string(),
@@ -401,13 +390,13 @@ impl Router {
         let awaited = message.qos != QoS::AtMostOnce;
         let ops = self.history.record(group.gid, entry, awaited, now);
         match &self.durable {
-            // QoS 0 promises nothing: its entry is written behind, without an fsync
-            // of its own (most of the cost of history at high rates).
-            Some(durable) if !ops.is_empty() && message.qos == QoS::AtMostOnce => {
+            Some(durable) if !ops.is_empty() && awaited => Some(durable.submit(ops)),
+            // QoS 0 promises nothing: its entry is written behind, without an fsync of
+            // its own (most of the cost of history at high rates).
+            Some(durable) if !ops.is_empty() => {
                 durable.submit_lazy(ops);
                 None
             }
-            Some(durable) if !ops.is_empty() => Some(durable.submit(ops)),
             _ => None,
         }
     }
@@ -456,6 +445,8 @@ fn group_receiver(group: &GroupRoute, message: &Message, first: &Subscriber) -> 
     receiver
 }
 
+/// Builds the delivery for one session from all its matching subscriptions, or `None` when
+/// no-local or the ACL excludes it.
 fn merge_delivery(
     message: &Arc<Message>,
     subs: &[&Subscriber],
