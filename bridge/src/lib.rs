@@ -1,1 +1,51 @@
-//! Webhook bridge (issue 6).
+//! Rookery's webhook bridge: delivers broker events to HTTP endpoints (SPEC §9).
+//!
+//! # Design
+//!
+//! - **Two copies of each outbox.** The broker renders an event's JSON body, stores it in
+//!   the endpoint's durable outbox in its database, then hands it to [`Bridge::enqueue`].
+//!   The bridge keeps the same events in a bounded in-memory queue per endpoint and tells
+//!   the broker, through [`OutboxStore`], when one leaves: [`OutboxStore::remove`] after a
+//!   2xx (or an overflow drop), [`OutboxStore::bury`] when it reached max age and becomes a
+//!   dead letter. At startup the broker passes what it found in the durable outboxes to
+//!   [`Bridge::start`], so nothing stored is lost across a restart or a crash.
+//! - **At-least-once.** An event is removed only after a 2xx, so a crash between the
+//!   answer and the removal, or a 2xx lost on the way back, sends it again. Receivers
+//!   deduplicate by `X-Rookery-Delivery`, which is the event id ([`delivery_id_string`])
+//!   and the same on every retry.
+//! - **Publishers never wait.** [`Bridge::enqueue`] is a short mutex push and a notify.
+//!   A slow or dead endpoint only grows its own outbox, up to `outbox_max_events` /
+//!   `outbox_max_bytes`; then the overflow policy (`drop_oldest` or `drop_new`) drops
+//!   events, and counts and logs it.
+//! - **One worker per endpoint.** A tokio task takes events oldest first, sends up to
+//!   `batch_max` per POST (a JSON array when batching), keeps up to `concurrency` requests
+//!   in flight with one pooled `reqwest` client, and retries failures (non-2xx, timeouts,
+//!   connection errors) with exponential backoff and jitter. The backoff belongs to the
+//!   endpoint: once a request fails, a single request at a time probes the endpoint after
+//!   each delay, and full concurrency returns with the first 2xx.
+//! - **Order is best effort.** With `concurrency = 1` and no failures delivery is FIFO;
+//!   concurrent requests can complete out of order, and a retried event goes back to the
+//!   front of the queue but may have been overtaken.
+//!
+//! The broker decides which endpoints want an event ([`WebhookConfig::accepts`]) and
+//! renders the payload with [`WebhookConfig::encode_payload`].
+
+mod backoff;
+mod bridge;
+mod config;
+mod event;
+mod outbox;
+mod request;
+mod stats;
+mod store;
+mod topic_filter;
+mod worker;
+
+pub use bridge::Bridge;
+pub use config::{Overflow, PayloadEncoding, WebhookConfig};
+pub use event::{delivery_id_string, Event, EventKind};
+pub use outbox::Enqueued;
+pub use request::signature;
+pub use stats::{EndpointStats, LatencyHistogram, LATENCY_BUCKETS_MS};
+pub use store::OutboxStore;
+pub use topic_filter::{matches as topic_matches, validate_filter as validate_topic_filter};
