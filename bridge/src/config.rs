@@ -35,8 +35,9 @@ pub enum Overflow {
     DropNew,
 }
 
-/// One webhook endpoint (SPEC §1 `[[webhooks]]`, §9).
-#[derive(Debug, Clone, Deserialize)]
+/// One webhook endpoint (SPEC §1 `[[webhooks]]`, §9). Its `Debug` form hides the secret and
+/// the header values (they often hold credentials), so logging a configuration is safe.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     pub url: String,
@@ -88,6 +89,37 @@ pub struct WebhookConfig {
     pub outbox_max_bytes: usize,
     #[serde(default)]
     pub overflow: Overflow,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = if self.secret.is_empty() {
+            ""
+        } else {
+            "<redacted>"
+        };
+        let header_names: Vec<&String> = self.headers.keys().collect();
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field("name", &self.name)
+            .field("headers", &header_names)
+            .field("secret", &secret)
+            .field("events", &self.events)
+            .field("topics", &self.topics)
+            .field("gids", &self.gids)
+            .field("payload_encoding", &self.payload_encoding)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("concurrency", &self.concurrency)
+            .field("batch_max", &self.batch_max)
+            .field("batch_age_ms", &self.batch_age_ms)
+            .field("max_age_secs", &self.max_age_secs)
+            .field("backoff_initial_ms", &self.backoff_initial_ms)
+            .field("backoff_max_ms", &self.backoff_max_ms)
+            .field("outbox_max_events", &self.outbox_max_events)
+            .field("outbox_max_bytes", &self.outbox_max_bytes)
+            .field("overflow", &self.overflow)
+            .finish()
+    }
 }
 
 mod defaults {
@@ -388,6 +420,20 @@ mod tests {
                 "{error:?} should name the endpoint"
             );
         }
+    }
+
+    #[test]
+    fn debug_hides_credentials() {
+        let mut c = config();
+        c.secret = "s3cret".into();
+        c.headers
+            .insert("Authorization".into(), "Bearer hunter2".into());
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert!(shown.contains("Authorization") && shown.contains("127.0.0.1:9000"));
     }
 
     #[test]

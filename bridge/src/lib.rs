@@ -27,6 +27,24 @@
 //!   concurrent requests can complete out of order, and a retried event goes back to the
 //!   front of the queue but may have been overtaken.
 //!
+//! # Requests
+//!
+//! Each request is a `POST` to the endpoint's URL with `Content-Type: application/json`,
+//! the configured headers, and:
+//!
+//! - `X-Rookery-Event`: the event kind (`message.publish`, ...); for a batch, the kind its
+//!   events share, or `batch`.
+//! - `X-Rookery-Delivery`: the delivery id (16 lowercase hex digits); for a batch, the ids
+//!   comma-separated in body order.
+//! - `X-Rookery-Signature: sha256=<lowercase hex HMAC-SHA256 of the exact body bytes>`,
+//!   keyed with the endpoint's secret, sent only when a secret is configured (a signature
+//!   keyed with the empty string would prove nothing; its absence says so).
+//! - `X-Rookery-Batch: <count>` when `batch_max > 1`; the body is then always a JSON array
+//!   of event objects, even of one. Otherwise the body is the event object itself.
+//!
+//! Only a 2xx is success: redirects are not followed, and timeouts, connection errors and
+//! any other status are retried.
+//!
 //! The broker decides which endpoints want an event ([`WebhookConfig::accepts`]) and
 //! renders the payload with [`WebhookConfig::encode_payload`].
 

@@ -227,6 +227,11 @@ impl Worker {
             }
         }
         self.requests.abort_all();
+        let abandoned = self.in_flight.len() as u64;
+        self.endpoint
+            .counters
+            .in_flight
+            .fetch_sub(abandoned, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Starts every request that may start now; says what to wait for next.
@@ -299,8 +304,6 @@ impl Worker {
         Counters::add(&endpoint.counters.delivered, events.len() as u64);
         let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
         endpoint.store.remove(endpoint.key, &ids);
-        // The endpoint answers again: whatever the failure left behind can go now.
-        endpoint.wake.notify_one();
     }
 
     fn failed(&mut self, endpoint: &Endpoint, events: Vec<Event>, started: Instant, error: &str) {
