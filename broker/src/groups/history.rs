@@ -26,16 +26,6 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(14 + self.from.len() + self.payload.len());
-        out.extend_from_slice(&self.ts.to_be_bytes());
-        out.extend_from_slice(&self.message_type.to_be_bytes());
-        out.extend_from_slice(&(self.from.len() as u16).to_be_bytes());
-        out.extend_from_slice(self.from.as_bytes());
-        out.extend_from_slice(&self.payload);
-        out
-    }
-
     fn decode(id: u64, value: &[u8]) -> Option<Entry> {
         let ts = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
         let message_type = u32::from_be_bytes(value.get(8..12)?.try_into().ok()?);
@@ -65,18 +55,8 @@ pub const CHUNK: usize = 64;
 /// An open chunk older than this is written by [`History::flush_due`].
 pub const CHUNK_AGE_SECS: u64 = 1;
 
-/// A chunk record: entries one after another, each `[id u64][length u32][entry]`.
-fn encode_chunk(entries: &[Entry]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for entry in entries {
-        let encoded = entry.encode();
-        out.extend_from_slice(&entry.id.to_be_bytes());
-        out.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
-        out.extend_from_slice(&encoded);
-    }
-    out
-}
-
+/// A chunk record: entries one after another, each `[id u64][length u32][entry]`, the
+/// entry `[ts u64][type u32][from length u16][from][payload]` ([`OpenChunk::push`]).
 fn decode_chunk(mut value: &[u8]) -> Option<Vec<Entry>> {
     let mut entries = Vec::new();
     while !value.is_empty() {
@@ -95,13 +75,79 @@ struct Chunk {
     newest: u64,
 }
 
-/// One group's history as memory knows it: the stored chunks' bounds (with a store) and
-/// the entries not yet written (all of them without a store).
+/// The chunk being filled, already encoded: appending a message is one copy into
+/// `bytes`, with no allocation of its own.
+#[derive(Default)]
+struct OpenChunk {
+    first_id: u64,
+    count: usize,
+    oldest: u64,
+    newest: u64,
+    /// Some version of it was put in the store (by a QoS >= 1 entry); the chunk stays
+    /// open and later versions replace it (`Durable` coalesces pending versions).
+    written: bool,
+    bytes: Vec<u8>,
+}
+
+impl OpenChunk {
+    fn push(&mut self, entry: &NewEntry<'_>) {
+        if self.count == 0 {
+            self.first_id = entry.id;
+            self.oldest = entry.ts;
+        }
+        self.count += 1;
+        self.newest = self.newest.max(entry.ts);
+        let length = 14 + entry.from.len() + entry.payload.len();
+        self.bytes.reserve(12 + length);
+        self.bytes.extend_from_slice(&entry.id.to_be_bytes());
+        self.bytes.extend_from_slice(&(length as u32).to_be_bytes());
+        self.bytes.extend_from_slice(&entry.ts.to_be_bytes());
+        self.bytes
+            .extend_from_slice(&entry.message_type.to_be_bytes());
+        self.bytes
+            .extend_from_slice(&(entry.from.len() as u16).to_be_bytes());
+        self.bytes.extend_from_slice(entry.from.as_bytes());
+        self.bytes.extend_from_slice(entry.payload);
+    }
+
+    fn put(&self, gid: Gid) -> Op {
+        Op::PutRecord {
+            space: Space::History,
+            key: key(gid, self.first_id),
+            value: self.bytes.clone(),
+        }
+    }
+}
+
+/// A message to add to a group's history, borrowed from the message being routed.
+pub struct NewEntry<'a> {
+    pub id: u64,
+    pub from: &'a str,
+    pub message_type: u32,
+    pub ts: u64,
+    pub payload: &'a [u8],
+}
+
+impl NewEntry<'_> {
+    fn to_entry(&self) -> Entry {
+        Entry {
+            id: self.id,
+            from: self.from.to_string(),
+            message_type: self.message_type,
+            ts: self.ts,
+            payload: Bytes::copy_from_slice(self.payload),
+        }
+    }
+}
+
+/// One group's history as memory knows it: the stored chunks' bounds and the chunk
+/// being filled (with a store), or every entry (without one).
 #[derive(Default)]
 struct Bounds {
     chunks: VecDeque<Chunk>,
     stored: usize,
-    open: Vec<Entry>,
+    open: OpenChunk,
+    in_memory: VecDeque<Entry>,
 }
 
 pub struct History {
@@ -172,30 +218,15 @@ impl History {
     /// behind: the store operations to commit.
     fn close_chunk(&self, gid: Gid, bounds: &mut Bounds, now: u64) -> Vec<Op> {
         let mut ops = Vec::new();
-        if self.store.is_none() {
-            // Memory only: `open` is the whole history; trim it.
-            let oldest = now.saturating_sub(self.config.history_max_age_secs);
-            let excess = bounds
-                .open
-                .len()
-                .saturating_sub(self.config.history_max_messages);
-            bounds.open.drain(..excess);
-            bounds.open.retain(|e| e.ts >= oldest);
-            return ops;
-        }
-        if let Some(first) = bounds.open.first() {
-            ops.push(Op::PutRecord {
-                space: Space::History,
-                key: key(gid, first.id),
-                value: encode_chunk(&bounds.open),
-            });
+        let open = std::mem::take(&mut bounds.open);
+        if open.count > 0 {
+            ops.push(open.put(gid));
             bounds.chunks.push_back(Chunk {
-                first_id: first.id,
-                count: bounds.open.len(),
-                newest: bounds.open.iter().map(|e| e.ts).max().unwrap_or(0),
+                first_id: open.first_id,
+                count: open.count,
+                newest: open.newest,
             });
-            bounds.stored += bounds.open.len();
-            bounds.open.clear();
+            bounds.stored += open.count;
         }
         let oldest = now.saturating_sub(self.config.history_max_age_secs);
         while let Some(front) = bounds.chunks.front() {
@@ -216,26 +247,34 @@ impl History {
     }
 
     /// Adds a message to `gid`'s history. `awaited`: its acknowledgement waits for its
-    /// commit (QoS >= 1), so its chunk is written now. Returns the store operations to
-    /// commit (none while a QoS 0 chunk fills).
-    pub fn record(&self, gid: Gid, entry: Entry, awaited: bool, now: u64) -> Vec<Op> {
+    /// commit (QoS >= 1), so the chunk holding it is put now (it stays open: the next
+    /// versions replace it). Returns the store operations to commit (none while a QoS 0
+    /// chunk fills).
+    pub fn record(&self, gid: Gid, entry: NewEntry<'_>, awaited: bool, now: u64) -> Vec<Op> {
         if !self.enabled() {
             return Vec::new();
         }
         let mut groups = self.lock();
         let bounds = groups.entry(gid).or_insert_with(|| self.load(gid));
-        // Its own copy: the payload may be a slice of the publisher's read buffer.
-        bounds.open.push(Entry {
-            payload: Bytes::copy_from_slice(&entry.payload),
-            ..entry
-        });
-        let full = bounds.open.len() >= CHUNK;
-        let old = bounds
-            .open
-            .first()
-            .is_some_and(|e| now.saturating_sub(e.ts) >= CHUNK_AGE_SECS);
-        if awaited || full || old || self.store.is_none() {
+        if self.store.is_none() {
+            // Memory only: the whole history; trimmed as it grows.
+            bounds.in_memory.push_back(entry.to_entry());
+            let oldest = now.saturating_sub(self.config.history_max_age_secs);
+            while bounds.in_memory.len() > self.config.history_max_messages
+                || bounds.in_memory.front().is_some_and(|e| e.ts < oldest)
+            {
+                bounds.in_memory.pop_front();
+            }
+            return Vec::new();
+        }
+        bounds.open.push(&entry);
+        let full = bounds.open.count >= CHUNK;
+        let old = now.saturating_sub(bounds.open.oldest) >= CHUNK_AGE_SECS;
+        if full || old {
             self.close_chunk(gid, bounds, now)
+        } else if awaited {
+            bounds.open.written = true;
+            vec![bounds.open.put(gid)]
         } else {
             Vec::new()
         }
@@ -248,16 +287,10 @@ impl History {
         }
         let mut groups = self.lock();
         let mut ops = Vec::new();
-        let gids: Vec<Gid> = groups.keys().copied().collect();
-        for gid in gids {
-            if let Some(bounds) = groups.get_mut(&gid) {
-                let due = bounds
-                    .open
-                    .first()
-                    .is_some_and(|e| all || now.saturating_sub(e.ts) >= CHUNK_AGE_SECS);
-                if due {
-                    ops.extend(self.close_chunk(gid, bounds, now));
-                }
+        for (gid, bounds) in groups.iter_mut() {
+            let open = &bounds.open;
+            if open.count > 0 && (all || now.saturating_sub(open.oldest) >= CHUNK_AGE_SECS) {
+                ops.extend(self.close_chunk(*gid, bounds, now));
             }
         }
         ops
@@ -267,17 +300,22 @@ impl History {
     /// the age bound.
     pub fn entries(&self, gid: Gid, now: u64) -> Vec<Entry> {
         let oldest = now.saturating_sub(self.config.history_max_age_secs);
-        let open: Vec<Entry> = self
-            .lock()
-            .get(&gid)
-            .map(|b| b.open.clone())
-            .unwrap_or_default();
+        let (open, open_key, in_memory) = match self.lock().get(&gid) {
+            Some(b) => (
+                decode_chunk(&b.open.bytes).unwrap_or_default(),
+                (b.open.count > 0).then_some(b.open.first_id),
+                b.in_memory.iter().cloned().collect::<Vec<_>>(),
+            ),
+            None => Default::default(),
+        };
         let mut entries: Vec<Entry> = self
             .stored_chunks(gid)
             .into_iter()
+            // The open chunk as memory has it is newer than any version put so far.
+            .filter(|(first_id, _)| Some(*first_id) != open_key)
             .flat_map(|(_, entries)| entries)
             .collect();
-        // A chunk rewritten with the same key is one record, so no entry repeats.
+        entries.extend(in_memory);
         entries.extend(open);
         entries.retain(|e| e.ts >= oldest);
         let excess = entries
@@ -294,12 +332,15 @@ impl History {
             return Vec::new();
         }
         let bounds = bounds.unwrap_or_else(|| self.load(gid));
+        let open = (bounds.open.written).then_some(bounds.open.first_id);
         bounds
             .chunks
             .iter()
-            .map(|c| Op::RemoveRecord {
+            .map(|c| c.first_id)
+            .chain(open)
+            .map(|first_id| Op::RemoveRecord {
                 space: Space::History,
-                key: key(gid, c.first_id),
+                key: key(gid, first_id),
             })
             .collect()
     }
@@ -308,6 +349,18 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Entry {
+        fn as_new(&self) -> NewEntry<'_> {
+            NewEntry {
+                id: self.id,
+                from: &self.from,
+                message_type: self.message_type,
+                ts: self.ts,
+                payload: &self.payload,
+            }
+        }
+    }
 
     fn entry(id: u64, ts: u64) -> Entry {
         Entry {
@@ -330,7 +383,7 @@ mod tests {
             let history = History::new(config.clone(), store.clone());
             for id in 1..=5 {
                 // QoS >= 1: written at once.
-                let ops = history.record(7, entry(id, 1000 + id), true, 1000 + id);
+                let ops = history.record(7, entry(id, 1000 + id).as_new(), true, 1000 + id);
                 if let Some(store) = &store {
                     store.apply(ops).unwrap();
                 }
@@ -340,9 +393,10 @@ mod tests {
             assert_eq!(history.entries(7, 1005)[0], entry(3, 1003), "round trip");
             // Much later: too old to show, and pushed out on the next record.
             assert!(history.entries(7, 1200).is_empty());
-            let ops = history.record(7, entry(6, 1200), true, 1200);
+            let ops = history.record(7, entry(6, 1200).as_new(), true, 1200);
             if let Some(store) = &store {
-                assert_eq!(ops.len(), 4, "one put, three removals");
+                // Entries a second apart: chunks [1, 2], [3, 4], then [5, 6] closed now.
+                assert_eq!(ops.len(), 3, "one put, two old chunks removed");
                 store.apply(ops).unwrap();
             }
             assert_eq!(history.entries(7, 1200), vec![entry(6, 1200)]);
@@ -363,7 +417,7 @@ mod tests {
         let history = History::new(config.clone(), Some(store.clone()));
         let mut writes = 0;
         for id in 1..=(CHUNK as u64 + 10) {
-            let ops = history.record(3, entry(id, 5000), false, 5000);
+            let ops = history.record(3, entry(id, 5000).as_new(), false, 5000);
             writes += ops.len();
             store.apply(ops).unwrap();
         }
@@ -373,12 +427,13 @@ mod tests {
             CHUNK + 10,
             "open entries are read too"
         );
-        // A QoS 1 entry closes the chunk; so does age (and shutdown).
+        // A QoS 1 entry puts the open chunk (which stays open); age closes it (and
+        // shutdown).
         store
-            .apply(history.record(3, entry(1000, 5000), true, 5000))
+            .apply(history.record(3, entry(1000, 5000).as_new(), true, 5000))
             .unwrap();
         store
-            .apply(history.record(3, entry(1001, 5000), false, 5000))
+            .apply(history.record(3, entry(1001, 5000).as_new(), false, 5000))
             .unwrap();
         assert!(history.flush_due(5000, false).is_empty(), "young");
         store.apply(history.flush_due(5001, false)).unwrap();
@@ -391,7 +446,7 @@ mod tests {
         // The count bound drops whole chunks; reads show exactly the newest 100.
         for id in 2000..2300 {
             store
-                .apply(again.record(3, entry(id, 5002), true, 5002))
+                .apply(again.record(3, entry(id, 5002).as_new(), true, 5002))
                 .unwrap();
         }
         let shown = again.entries(3, 5002);

@@ -380,12 +380,12 @@ impl Router {
             None => self.history.local_id(),
         };
         let now = group.now();
-        let entry = crate::groups::history::Entry {
+        let entry = crate::groups::history::NewEntry {
             id,
-            from: message.sender.as_deref().unwrap_or_default().to_string(),
+            from: message.sender.as_deref().unwrap_or_default(),
             message_type: group.message_type,
             ts: now,
-            payload: message.payload.clone(),
+            payload: &message.payload,
         };
         let awaited = message.qos != QoS::AtMostOnce;
         let ops = self.history.record(group.gid, entry, awaited, now);
