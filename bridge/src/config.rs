@@ -37,7 +37,7 @@ pub enum Overflow {
 
 /// One webhook endpoint (SPEC §1 `[[webhooks]]`, §9). Its `Debug` form hides the secret and
 /// the header values (they often hold credentials), so logging a configuration is safe.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     pub url: String,

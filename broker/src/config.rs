@@ -19,31 +19,28 @@ pub struct Config {
     pub auth: AuthConfig,
     pub sys: SysConfig,
     pub groups: GroupsConfig,
-    /// `[[webhooks]]` endpoints (SPEC §1, §9). Accepted and validated now; the bridge that
-    /// delivers to them is a later issue.
+    /// `[[webhooks]]` endpoints (SPEC §1, §9), delivered by `rookery-bridge`.
     pub webhooks: Vec<WebhookConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct WebhookConfig {
-    pub url: String,
-    pub secret: Option<String>,
-    pub events: Vec<String>,
-    pub topics: Vec<String>,
-    pub gids: Vec<u32>,
-    pub headers: std::collections::BTreeMap<String, String>,
-    /// `base64` or `utf8` for binary payloads.
-    pub payload_encoding: Option<String>,
-}
+pub use rookery_bridge::WebhookConfig;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
     pub listen: SocketAddr,
+    /// MQTT over TLS (conventionally port 8883); needs `tls_cert` and `tls_key`.
     pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain, leaf first.
     pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): when set, TLS clients are asked for a certificate, which
+    /// must chain to one of them.
+    pub tls_client_ca: Option<PathBuf>,
+    /// With `tls_client_ca`: whether a client must present a certificate (`required`)
+    /// or may connect without one (`optional`; one it presents is still verified).
+    pub tls_client_auth: ClientAuth,
     /// Cap on a v5 client's keep-alive: a client asking for more (or for 0) gets this
     /// value in CONNACK's Server Keep Alive. 0 disables the cap. Default 60 s (the value
     /// the Paho interoperability suite expects), not the spec example's 65535.
@@ -77,6 +74,14 @@ pub struct MqttConfig {
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    #[default]
+    Required,
+    Optional,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
 pub enum OverflowPolicy {
     #[default]
     DropNew,
@@ -87,6 +92,11 @@ pub enum OverflowPolicy {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// HTTPS with the same routes (WSS on `/mqtt`); its certificate is `[http]
+    /// tls_cert`/`tls_key`, or else `[mqtt]`'s. No client certificates are asked for.
+    pub tls_listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -157,6 +167,8 @@ impl Default for MqttConfig {
             tls_listen: None,
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
+            tls_client_auth: ClientAuth::Required,
             max_keepalive: 60,
             max_packet_size: 1_048_576,
             max_connections: 100_000,
@@ -180,6 +192,9 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -279,9 +294,22 @@ impl Config {
                 section_table.insert(key.to_string(), parse_env_value(&value));
             }
         }
-        toml::Value::Table(table)
+        let config = toml::Value::Table(table)
             .try_into::<Config>()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        for (index, webhook) in config.webhooks.iter().enumerate() {
+            webhook
+                .validate()
+                .map_err(|e| ConfigError::Invalid(format!("webhooks[{index}]: {e}")))?;
+        }
+        let mut keys: Vec<u64> = config.webhooks.iter().map(|w| w.endpoint_key()).collect();
+        keys.sort_unstable();
+        if keys.windows(2).any(|w| w[0] == w[1]) {
+            return Err(ConfigError::Invalid(
+                "webhooks: two endpoints with the same name (or url without a name)".into(),
+            ));
+        }
+        Ok(config)
     }
 }
 

@@ -7,6 +7,7 @@ pub mod api;
 pub mod codec;
 pub mod config;
 pub mod durable;
+pub mod events;
 pub mod groups;
 pub mod message;
 pub mod router;

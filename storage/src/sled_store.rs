@@ -55,6 +55,8 @@ enum T {
     Groups,
     Directory,
     History,
+    Outbox,
+    DeadLetters,
     Journal,
 }
 
@@ -65,6 +67,8 @@ impl T {
             crate::Space::Groups => T::Groups,
             crate::Space::Directory => T::Directory,
             crate::Space::History => T::History,
+            crate::Space::Outbox => T::Outbox,
+            crate::Space::DeadLetters => T::DeadLetters,
         }
     }
 }
@@ -75,7 +79,7 @@ mod staged;
 use batch::Overlay;
 use staged::{Layers, Staged};
 
-const TREE_NAMES: [&str; 13] = [
+const TREE_NAMES: [&str; 15] = [
     "meta",
     "retained",
     "messages",
@@ -88,6 +92,8 @@ const TREE_NAMES: [&str; 13] = [
     "groups",
     "directory",
     "history",
+    "outbox",
+    "dead_letters",
     "journal",
 ];
 

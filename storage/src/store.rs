@@ -23,6 +23,8 @@
 //! | `groups`      | gid (u32 BE)                          | the broker's group record (with members) |
 //! | `directory`   | a name (`next_gid`, `next_uid`, ...)  | the broker's counters       |
 //! | `history`     | gid (u32 BE), message id (u64 BE)     | the broker's history entry  |
+//! | `outbox`      | endpoint key, event id (u64 BE each)  | a webhook event (bridge)    |
+//! | `dead_letters`| endpoint key, event id (u64 BE each)  | last error, then the event  |
 //! | `journal`     | record number, part (u64 BE, u32 BE)  | one batch's resolved writes |
 //!
 //! The `users`, `groups` and `directory` values are opaque here ([`Op::PutRecord`]): the
@@ -31,7 +33,7 @@
 //! resolved to, `codec::encode_journal`); a background checkpoint moves them into the other
 //! trees and records `checkpointed_through` (`sled_store/staged.rs`). Schema version 2 added
 //! it; a version 1 database is refused rather than read without its journal semantics.
-//! Version 3 added the record trees.
+//! Version 3 added the record trees, version 4 the webhook outbox and dead letters.
 //!
 //! Reference counts live in their own tree, beside the message rather than in front of it,
 //! so that acknowledging one copy of a message shared by many sessions rewrites 8 bytes,
@@ -39,13 +41,13 @@
 //! `messages` entry. Records are encoded as described in `codec.rs` (a format byte, then
 //! varint-framed fields).
 //!
-//! Later issues add `history` and `outbox` trees under the same schema version scheme. Client ids cannot contain 0x00 (MQTT strings exclude U+0000),
+//! Client ids cannot contain 0x00 (MQTT strings exclude U+0000),
 //! so the separator is unambiguous.
 
 use crate::{StorageError, StorageResult, StoredMessage, StoredSession};
 
 /// Current on-disk schema. Opening a database with another version is refused.
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// One message waiting in an offline (or not yet delivered) session queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,14 +100,21 @@ pub enum Space {
     Directory,
     /// Group history: read by prefix with [`Store::records`], never loaded whole.
     History,
+    /// Webhook events not yet delivered (key: endpoint key, then event id, big-endian);
+    /// read by prefix at start.
+    Outbox,
+    /// Webhook events that reached their endpoint's maximum age undelivered.
+    DeadLetters,
 }
 
 impl Space {
-    pub const ALL: [Space; 4] = [
+    pub const ALL: [Space; 6] = [
         Space::Users,
         Space::Groups,
         Space::Directory,
         Space::History,
+        Space::Outbox,
+        Space::DeadLetters,
     ];
     /// The spaces `recover` returns whole.
     pub const RECOVERED: [Space; 3] = [Space::Users, Space::Groups, Space::Directory];

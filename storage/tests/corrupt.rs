@@ -199,14 +199,14 @@ fn another_schema_version_is_refused() {
         dir.path(),
         "meta",
         b"schema_version",
-        Some(&4u64.to_be_bytes()),
+        Some(&5u64.to_be_bytes()),
     );
     let err = common::open_after_drop(dir.path())
         .err()
         .expect("must refuse");
     expect_corrupt::<()>(
         Err(err),
-        "has schema version 4, but this build reads only version 3",
+        "has schema version 5, but this build reads only version 4",
     );
 
     poke(dir.path(), "meta", b"schema_version", Some(b"v1"));
@@ -228,7 +228,7 @@ fn a_new_database_gets_the_current_schema_version() {
     drop(common::open_after_drop(dir.path()).unwrap());
     assert_eq!(
         peek(dir.path(), "meta", b"schema_version"),
-        3u64.to_be_bytes()
+        4u64.to_be_bytes()
     );
     // Reopening an empty database with its version is fine.
     let store = common::open_after_drop(dir.path()).unwrap();

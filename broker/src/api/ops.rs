@@ -153,7 +153,7 @@ pub const ERROR_CODES: [&str; 11] = [
 ];
 
 /// The ops this executor knows.
-pub const OPS: [&str; 13] = [
+pub const OPS: [&str; 16] = [
     "useradd",
     "userset",
     "userdel",
@@ -167,6 +167,9 @@ pub const OPS: [&str; 13] = [
     "groupsget",
     "message",
     "groupmessages",
+    "webhookstats",
+    "webhookdeadletters",
+    "webhookretry",
 ];
 
 type Answer = Result<Value, ApiError>;
@@ -198,7 +201,7 @@ async fn run(ctx: &Context<'_>, caller: &Caller, request: &Value) -> Answer {
     if matches!(op, "useradd" | "userset" | "userdel" | "usersget") {
         backend_only(caller)?;
     }
-    match op {
+    let answer = match op {
         "useradd" => user_add(ctx, request, now).await,
         "userset" => user_set(ctx, request, now).await,
         "userdel" => user_del(ctx, request).await,
@@ -212,11 +215,20 @@ async fn run(ctx: &Context<'_>, caller: &Caller, request: &Value) -> Answer {
         "groupsget" => groups_get(ctx, caller, request),
         "message" => message(ctx, caller, request).await,
         "groupmessages" => group_messages(ctx, caller, request, now),
+        "webhookstats" => super::webhooks::stats(ctx, caller),
+        "webhookdeadletters" => {
+            super::webhooks::dead_letters(ctx, caller, request, paging(request)?)
+        }
+        "webhookretry" => super::webhooks::retry(ctx, caller, request).await,
         other => Err(ApiError::new(
             "BADOP",
             format!("unknown op {other:?}; the ops are {}", OPS.join(", ")),
         )),
-    }
+    }?;
+    // The change's webhook event is durable before the answer, like the change.
+    let ticket = super::webhooks::change_event(ctx, caller, op, request, &answer);
+    durable(ctx, ticket).await?;
+    Ok(answer)
 }
 
 fn backend_only(caller: &Caller) -> Result<(), ApiError> {
@@ -250,6 +262,11 @@ fn app_token_matches(ctx: &Context<'_>, presented: Option<&Value>) -> bool {
 // ---------------------------------------------------------------------------------------
 
 /// Waits until `ticket` is committed.
+/// Waits for a commit the answer promises.
+pub async fn wait_durable(ctx: &Context<'_>, ticket: Option<Ticket>) -> Result<(), ApiError> {
+    durable(ctx, ticket).await
+}
+
 async fn durable(ctx: &Context<'_>, ticket: Option<Ticket>) -> Result<(), ApiError> {
     if let (Some(durable), Some(ticket)) = (ctx.durable, ticket) {
         durable.wait(ticket).await.map_err(|full| {

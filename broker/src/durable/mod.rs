@@ -49,10 +49,16 @@ fn entry_key(client_id: &str, sequence: u64) -> u64 {
     hasher.finish()
 }
 
-/// The `Pending::records` key of a history record.
-fn record_key(key: &[u8]) -> u64 {
+/// The `Pending::records` key of a record rewritten whole.
+fn record_key(space: Space, key: &[u8]) -> u64 {
     use std::hash::BuildHasher;
-    rustc_hash::FxBuildHasher.hash_one(key)
+    rustc_hash::FxBuildHasher.hash_one((space, key))
+}
+
+/// Spaces whose records are chunks rewritten whole as they fill, each self-contained:
+/// writing a newer version early changes nothing another record depends on.
+fn rewritten_whole(space: Space) -> bool {
+    matches!(space, Space::History | Space::Outbox)
 }
 
 /// What a cancellation freed, handled once the lock is released: dropping a message
@@ -172,28 +178,24 @@ impl Pending {
                 );
                 self.append(Op::PutMessage { id, message }, due);
             }
-            Op::PutRecord {
-                space: Space::History,
-                key,
-                value,
-            } => {
-                // A group's open history chunk is rewritten whole by every QoS >= 1
-                // message; while a version is pending, the new one takes its place (and
-                // keeps the earlier due time), so a batch writes each chunk once. In
-                // place, not appended: every ticket waiting on the earlier version gets
-                // the newer one, a superset of it.
-                let hash = record_key(&key);
+            Op::PutRecord { space, key, value } if rewritten_whole(space) => {
+                // A group's open history chunk (or a webhook outbox chunk) is rewritten
+                // whole as it fills; while a version is pending, the new one takes its
+                // place (and keeps the earlier due time), so a batch writes each chunk
+                // once. In place, not appended: every ticket waiting on the earlier
+                // version gets the newer one, a superset of it.
+                let hash = record_key(space, &key);
                 if let Some(slot) = self.records.get(&hash).and_then(|p| {
                     let index = p.checked_sub(self.base)?;
                     self.slots.get_mut(usize::try_from(index).ok()?)
                 }) {
                     if let Some(Op::PutRecord {
-                        space: Space::History,
+                        space: pending_space,
                         key: pending_key,
                         value: pending_value,
                     }) = &mut slot.op
                     {
-                        if *pending_key == key {
+                        if *pending_space == space && *pending_key == key {
                             cancelled
                                 .values
                                 .push(std::mem::replace(pending_value, value));
@@ -203,28 +205,12 @@ impl Pending {
                     }
                 }
                 self.records.insert(hash, position);
-                self.append(
-                    Op::PutRecord {
-                        space: Space::History,
-                        key,
-                        value,
-                    },
-                    due,
-                );
+                self.append(Op::PutRecord { space, key, value }, due);
             }
-            Op::RemoveRecord {
-                space: Space::History,
-                key,
-            } => {
+            Op::RemoveRecord { space, key } if rewritten_whole(space) => {
                 // A later put of this key must come after the removal.
-                self.records.remove(&record_key(&key));
-                self.append(
-                    Op::RemoveRecord {
-                        space: Space::History,
-                        key,
-                    },
-                    due,
-                );
+                self.records.remove(&record_key(space, &key));
+                self.append(Op::RemoveRecord { space, key }, due);
             }
             other => self.append(other, due),
         }
@@ -367,8 +353,8 @@ struct Pending {
     /// it is never cancelled (another subscriber's entry may still follow), so the
     /// message is never dropped from a batch that a later entry depends on.
     messages: HashMap<u64, PendingMessage>,
-    /// Where each pending history record put is (by key hash), to be replaced by a
-    /// newer version of the same chunk.
+    /// Where each pending put of a record rewritten whole is (by key hash), to be
+    /// replaced by a newer version of the same chunk.
     records: HashMap<u64, Ticket>,
 }
 

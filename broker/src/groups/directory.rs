@@ -176,8 +176,9 @@ impl Directory {
                         _ => {}
                     }
                 }
-                // Read on demand (`history.rs`), never part of the recovered records.
-                Space::History => {}
+                // Read on demand (`history.rs`, `events/outbox.rs`), never part of the
+                // recovered records.
+                Space::History | Space::Outbox | Space::DeadLetters => {}
             }
         }
         // Never below what is stored, whatever the counters say.

@@ -58,6 +58,8 @@ pub struct Router {
     rotation: std::sync::Mutex<rustc_hash::FxHashMap<crate::groups::Gid, usize>>,
     /// Users and groups: every delivery of a group message is checked against it.
     pub directory: Arc<crate::groups::directory::Directory>,
+    /// Webhook events (SPEC §9).
+    pub events: crate::events::Events,
     stats: Arc<Stats>,
 }
 
@@ -80,8 +82,14 @@ impl Router {
             presence: Default::default(),
             history,
             directory,
+            events: crate::events::Events::disabled(),
             stats,
         }
+    }
+
+    /// The router with webhook events on.
+    pub fn with_events(self, events: crate::events::Events) -> Router {
+        Router { events, ..self }
     }
 
     pub fn acl(&self) -> Option<Arc<Acl>> {
@@ -128,18 +136,28 @@ impl Router {
                 }
             }
         }
+        // The webhook event goes with the message: for QoS >= 1 the publisher's
+        // acknowledgement waits for it, as for the message.
+        let event_ticket = self.publish_event(&message, group.as_ref());
+        if event_ticket.is_some() {
+            routed.ticket = event_ticket;
+        }
         if message.retain && no_disk {
             // Never kept: the retain flag still reaches current subscribers.
             if group.as_ref().is_some_and(|g| !g.live) {
                 Stats::add(&self.stats.dropped_no_store, 1);
+                self.events.dropped(Some(&message.topic), None, "no_store");
             }
         } else if message.retain {
             if !may_store && !message.payload.is_empty() {
                 Stats::add(&self.stats.dropped_storage_full, 1);
+                self.events
+                    .dropped(Some(&message.topic), None, "storage_full");
             }
-            routed.ticket = self
+            let retained = self
                 .retained
                 .set(&message, may_store || message.payload.is_empty());
+            routed.ticket = routed.ticket.max(retained);
         }
         if matches.is_empty() {
             if let Some(g) = group.as_ref().filter(|g| g.is_round_robin()) {
@@ -200,6 +218,9 @@ impl Router {
                 });
                 if durable.is_some() && !may_store {
                     Stats::add(&self.stats.dropped_storage_full, 1);
+                    let client = Some(&*outbox_client(first));
+                    self.events
+                        .dropped(Some(&message.topic), client, "storage_full");
                     continue;
                 }
                 let result = match durable {
@@ -237,8 +258,58 @@ impl Router {
             // A retained message is stored in the same commit and cannot be cancelled.
             let waker = ack_waker.filter(|_| !message.retain);
             routed.gate = durable.routing_done(id, waker);
+            if event_ticket.is_some() {
+                // The event must be durable too: no early acknowledgement.
+                routed.gate = None;
+            }
         }
         routed
+    }
+
+    /// The `message.publish` event of a message published by a client or the backend
+    /// (not broker notifications on `$` topics, nor a round-robin message routed again).
+    fn publish_event(
+        &self,
+        message: &Message,
+        group: Option<&GroupRoute>,
+    ) -> Option<crate::durable::Ticket> {
+        use rookery_bridge::EventKind;
+        if !self.events.wants(EventKind::MessagePublish)
+            || message.rerouted
+            || message.topic.starts_with('$')
+        {
+            return None;
+        }
+        let scope = crate::events::Scope {
+            topic: Some(&message.topic),
+            gid: group.map(|g| u64::from(g.gid)),
+        };
+        let awaited = message.qos != QoS::AtMostOnce;
+        self.events.emit(
+            EventKind::MessagePublish,
+            scope,
+            awaited,
+            Some(&message.payload),
+            || {
+                let mut fields = serde_json::Map::new();
+                fields.insert("topic".into(), message.topic.to_string().into());
+                fields.insert("qos".into(), (message.qos as u8).into());
+                fields.insert("retain".into(), message.retain.into());
+                let client_id =
+                    (!message.publisher.is_empty()).then(|| message.publisher.to_string());
+                fields.insert("client_id".into(), client_id.into());
+                fields.insert(
+                    "username".into(),
+                    message.sender.as_deref().map(str::to_string).into(),
+                );
+                if let Some(g) = group {
+                    fields.insert("gid".into(), g.gid.into());
+                    fields.insert("type".into(), g.message_type.into());
+                    fields.insert("live".into(), g.live.into());
+                }
+                fields
+            },
+        )
     }
 
     /// Adds or replaces a subscription; returns whether one existed for this filter.
@@ -288,6 +359,10 @@ impl Router {
     }
 }
 
+fn outbox_client(subscriber: &Subscriber) -> Arc<str> {
+    subscriber.session.client_id.clone()
+}
+
 fn split_share(filter: &str) -> (Option<&str>, &str) {
     match parse_shared(filter) {
         Some(Ok((name, inner))) => (Some(name), inner),
@@ -324,12 +399,17 @@ impl Router {
     fn wait_for_receiver(&self, group: &GroupRoute, message: &Arc<Message>) {
         if !group.may_store() || message.qos == QoS::AtMostOnce {
             Stats::add(&self.stats.dropped_no_receiver, 1);
+            self.events
+                .dropped(Some(&message.topic), None, "no_receiver");
             return;
         }
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
         let queue = waiting.entry(group.gid).or_default();
         if queue.len() >= ROUND_ROBIN_QUEUE {
-            queue.pop_front();
+            if let Some(oldest) = queue.pop_front() {
+                self.events
+                    .dropped(Some(&oldest.topic), None, "no_receiver");
+            }
             Stats::add(&self.stats.dropped_no_receiver, 1);
             tracing::warn!(
                 gid = group.gid,

@@ -411,6 +411,14 @@ impl Connection {
             options,
             subscription_id,
         );
+        let client = crate::events::Client {
+            client_id: &self.client_id,
+            username: self.username.as_deref(),
+        };
+        self.broker
+            .router
+            .events
+            .subscribed(client, filter, options.qos as u8);
         if let Some(address) = &self.username {
             // Round-robin messages waiting for a member may now have one [SPEC §7].
             self.broker.router.release_waiting(address);
@@ -489,6 +497,11 @@ impl Connection {
                 let existed = self.state.subscriptions.remove(filter.as_str()).is_some();
                 self.broker.router.unsubscribe(&self.core, filter);
                 if existed {
+                    let client = crate::events::Client {
+                        client_id: &self.client_id,
+                        username: self.username.as_deref(),
+                    };
+                    self.broker.router.events.unsubscribed(client, filter);
                     reason::SUCCESS
                 } else {
                     reason::NO_SUBSCRIPTION_EXISTED

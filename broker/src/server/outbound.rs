@@ -37,6 +37,9 @@ impl Connection {
             if delivery.message.is_expired(now) {
                 // [MQTT-3.3.2-5] an expired message is not delivered.
                 Stats::add(&self.broker.stats.dropped_expired, 1);
+                let topic = Some(&*delivery.message.topic);
+                let client = Some(&*self.client_id);
+                self.broker.router.events.dropped(topic, client, "expired");
                 self.stored_delivery_done(delivery.stored, None);
                 continue;
             }
@@ -260,7 +263,7 @@ impl Connection {
         };
         if let Some(encoded) = shared {
             if encoded.len() > self.client_max_packet {
-                return self.too_large();
+                return self.too_large(&message.topic);
             }
             self.wbuf.extend_from_slice(encoded);
             if packet_id != 0 {
@@ -290,7 +293,7 @@ impl Connection {
                 // The alias was never sent, so the client must not be assumed to know it.
                 self.outbound_aliases.remove(&message.topic);
             }
-            return self.too_large();
+            return self.too_large(&message.topic);
         }
         if let Packet::Publish(publish) = &packet {
             codec::encode::encode_publish(publish, self.version, &mut self.wbuf);
@@ -300,8 +303,13 @@ impl Connection {
 
     /// [MQTT-3.1.2-25] a packet larger than the client's Maximum Packet Size is dropped as
     /// if delivered.
-    fn too_large(&mut self) -> bool {
+    fn too_large(&mut self, topic: &str) -> bool {
         Stats::add(&self.broker.stats.dropped_too_large, 1);
+        let client = Some(&*self.client_id);
+        self.broker
+            .router
+            .events
+            .dropped(Some(topic), client, "too_large");
         false
     }
 

@@ -146,10 +146,18 @@ pub struct Outbox {
     /// Whether QoS >= 1 deliveries go to the store (a persistent session).
     persistent: AtomicBool,
     stats: Arc<Stats>,
+    /// Drops are reported as `message.dropped` webhook events, naming this client.
+    events: crate::events::Events,
+    client_id: Arc<str>,
 }
 
 impl Outbox {
-    pub fn new(limits: OutboxLimits, stats: Arc<Stats>) -> Outbox {
+    pub fn new(
+        limits: OutboxLimits,
+        stats: Arc<Stats>,
+        events: crate::events::Events,
+        client_id: Arc<str>,
+    ) -> Outbox {
         Outbox {
             queue: Mutex::new(Queue {
                 limits,
@@ -163,6 +171,8 @@ impl Outbox {
             queued: AtomicUsize::new(0),
             persistent: AtomicBool::new(false),
             stats,
+            events,
+            client_id,
         }
     }
 
@@ -256,7 +266,7 @@ impl Outbox {
             };
             let Some(oldest) = oldest else {
                 drop(queue);
-                self.count_drop(delivery.qos);
+                self.count_drop(delivery.qos, Some(&delivery.message.topic));
                 return Err(Drop::QueueFull);
             };
             disk.remove(oldest);
@@ -264,7 +274,7 @@ impl Outbox {
                 client_id: disk.client_id.clone(),
                 sequence: oldest,
             });
-            self.count_drop(QoS::AtLeastOnce);
+            self.count_drop(QoS::AtLeastOnce, None);
         }
         let seq = disk.next_seq;
         disk.next_seq += 1;
@@ -369,7 +379,7 @@ impl Outbox {
         {
             // QoS 0 goes first: the arriving one if it is QoS 0, else the oldest queued one.
             if delivery.qos == QoS::AtMostOnce {
-                self.count_drop(delivery.qos);
+                self.count_drop(delivery.qos, Some(&delivery.message.topic));
                 return Err(Drop::QueueFull);
             }
             if queue.qos0_queued > 0 {
@@ -378,14 +388,15 @@ impl Outbox {
                     .iter()
                     .position(|d| d.qos == QoS::AtMostOnce)
                 {
+                    let topic = queue.deliveries[index].message.topic.clone();
                     Self::remove_at(&mut queue, index);
-                    self.count_drop(QoS::AtMostOnce);
+                    self.count_drop(QoS::AtMostOnce, Some(&topic));
                     continue;
                 }
             }
             match limits.policy {
                 OverflowPolicy::DropNew => {
-                    self.count_drop(delivery.qos);
+                    self.count_drop(delivery.qos, Some(&delivery.message.topic));
                     self.queued.store(queue.deliveries.len(), Ordering::Relaxed);
                     return Err(Drop::QueueFull);
                 }
@@ -394,8 +405,9 @@ impl Outbox {
                         break;
                     };
                     let qos = oldest.qos;
+                    let topic = oldest.message.topic.clone();
                     Self::remove_at(&mut queue, 0);
-                    self.count_drop(qos);
+                    self.count_drop(qos, Some(&topic));
                 }
             }
         }
@@ -422,7 +434,11 @@ impl Outbox {
         }
     }
 
-    fn count_drop(&self, qos: QoS) {
+    /// Counts (and reports) a message dropped because the queue is full; `topic` is
+    /// unknown for a stored entry evicted from the disk queue.
+    fn count_drop(&self, qos: QoS, topic: Option<&str>) {
+        self.events
+            .dropped(topic, Some(&self.client_id), "queue_full");
         let counter = if qos == QoS::AtMostOnce {
             &self.stats.dropped_qos0
         } else {

@@ -65,14 +65,16 @@ pub struct Registry {
     sessions: Mutex<HashMap<Arc<str>, Entry>>,
     next_session_id: AtomicU64,
     stats: Arc<Stats>,
+    events: crate::events::Events,
 }
 
 impl Registry {
-    pub fn new(stats: Arc<Stats>) -> Registry {
+    pub fn new(stats: Arc<Stats>, events: crate::events::Events) -> Registry {
         Registry {
             sessions: Mutex::new(HashMap::new()),
             next_session_id: AtomicU64::new(1),
             stats,
+            events,
         }
     }
 
@@ -83,8 +85,13 @@ impl Registry {
     pub fn new_core(&self, client_id: Arc<str>, limits: OutboxLimits) -> Arc<SessionCore> {
         Arc::new(SessionCore {
             id: self.next_session_id.fetch_add(1, Ordering::Relaxed),
+            outbox: Outbox::new(
+                limits,
+                self.stats.clone(),
+                self.events.clone(),
+                client_id.clone(),
+            ),
             client_id,
-            outbox: Outbox::new(limits, self.stats.clone()),
         })
     }
 

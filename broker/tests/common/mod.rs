@@ -114,6 +114,11 @@ impl TestBroker {
         self.addr.port()
     }
 
+    /// The management API's listener.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.handle.as_ref().expect("running").http_addr()
+    }
+
     /// The broker's users and groups.
     pub fn directory(&self) -> &rookery::groups::directory::Directory {
         self.handle.as_ref().expect("running").directory()
@@ -121,6 +126,11 @@ impl TestBroker {
 
     pub fn stats(&self) -> &rookery::stats::Stats {
         self.handle.as_ref().expect("running").stats()
+    }
+
+    /// The running broker (e.g. for its TLS listeners' addresses).
+    pub fn handle(&self) -> &BrokerHandle {
+        self.handle.as_ref().expect("running")
     }
 
     pub async fn stop(mut self) {
