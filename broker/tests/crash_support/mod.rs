@@ -90,6 +90,9 @@ pub struct Workspace {
 pub struct Settings {
     pub durability: &'static str,
     pub env: Vec<(String, String)>,
+    /// A TOML config file's text, passed with `--config` (for what no variable sets,
+    /// such as `[[webhooks]]`).
+    pub config: Option<String>,
 }
 
 impl Settings {
@@ -97,6 +100,7 @@ impl Settings {
         Settings {
             durability,
             env: Vec::new(),
+            config: None,
         }
     }
 
@@ -184,6 +188,11 @@ impl Workspace {
             .kill_on_drop(true);
         for (key, value) in &settings.env {
             command.env(key, value);
+        }
+        if let Some(text) = &settings.config {
+            let path = self.root.join(format!("config-{number}.toml"));
+            std::fs::write(&path, text).expect("config file");
+            command.arg("--config").arg(path);
         }
         let started = Instant::now();
         let mut child = command.spawn().expect("spawn the rookery binary");

@@ -1,6 +1,8 @@
 //! A real HTTP endpoint for the webhook tests: an axum server on 127.0.0.1 that records
 //! every request and answers as told (fail the first N, fail always, or succeed).
 
+#![allow(dead_code)] // each test binary uses a different subset
+
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
