@@ -1251,3 +1251,70 @@ async fn message_goes_through_the_acl_and_history_keeps_it() {
     .await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn message_to_one_user_reaches_only_that_user() {
+    let data = tempfile::tempdir().unwrap();
+    let api = Api::start(config(data.path(), "strict")).await;
+    let bob_token = api.add_user("bob").await;
+    let eve_token = api.add_user("eve").await;
+    api.add_user("alice").await;
+    let (bob, mut bob_events) = mqtt_connect(api.mqtt(), "bob", &bob_token).await;
+    bob.subscribe("$users/bob/messages", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    // Eve may not listen to bob's messages: refused at SUBSCRIBE.
+    let (eve, mut eve_events) = mqtt_connect(api.mqtt(), "eve", &eve_token).await;
+    eve.subscribe("$users/bob/messages", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut codes = Vec::new();
+    for events in [&mut bob_events, &mut eve_events] {
+        let ack = tokio::time::timeout(WAIT, async {
+            loop {
+                if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(ack)) =
+                    events.poll().await.unwrap()
+                {
+                    break ack;
+                }
+            }
+        })
+        .await
+        .expect("SUBACK");
+        codes.push(ack.return_codes[0]);
+    }
+    assert_eq!(
+        codes,
+        [
+            rumqttc::SubscribeReasonCode::Success(rumqttc::QoS::AtLeastOnce),
+            rumqttc::SubscribeReasonCode::Failure
+        ]
+    );
+    let answer = api
+        .ok(json!({"op": "message", "message": {"from": "alice", "to": "bob", "message": "psst"}}))
+        .await;
+    assert_eq!(answer["message"]["topic"], "$users/bob/messages");
+    let publish = next_event(&mut bob_events).await;
+    assert_eq!(publish.topic, "$users/bob/messages");
+    assert_eq!(&publish.payload[..], b"psst");
+    // To nobody, or to a group and a user at once: refused.
+    let (status, body) = api
+        .call(json!({"op": "message", "message": {"from": "alice", "to": "carol", "message": "x"}}))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("NOUSER")),
+        "{body}"
+    );
+    let (status, body) = api
+        .call(json!({"op": "message", "message": {"from": "alice", "to": "bob", "gid": 1, "message": "x"}}))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("BADREQUEST")),
+        "{body}"
+    );
+    let _ = bob.disconnect().await;
+    let _ = eve.disconnect().await;
+    api.stop().await;
+}

@@ -593,13 +593,21 @@ async fn message(ctx: &Context<'_>, caller: &Caller, request: &Map<String, Value
             .ok_or_else(|| ApiError::bad("message.from is required"))?
             .to_string(),
     };
-    let gid = match get_u32(fields, "gid", "message.gid")? {
-        Some(0) | None => {
+    let to = get_str(fields, "to", "message.to")?;
+    let gid = match (get_u32(fields, "gid", "message.gid")?, to) {
+        (Some(_), Some(_)) => {
             return Err(ApiError::bad(
-                "message.gid is required (a positive integer)",
+                "message.gid and message.to contradict each other: a message goes to a group \
+                 or to a user",
             ))
         }
-        Some(gid) => gid,
+        (None, Some(_)) => 0,
+        (Some(0) | None, None) => {
+            return Err(ApiError::bad(
+                "message.gid (a positive integer) or message.to (a user) is required",
+            ))
+        }
+        (Some(gid), None) => gid,
     };
     let message_type = get_u32(fields, "type", "message.type")?.unwrap_or(0);
     let text = get_str(fields, "message", "message.message")?
@@ -630,6 +638,21 @@ async fn message(ctx: &Context<'_>, caller: &Caller, request: &Map<String, Value
         }
     };
     let retain = get_bool(fields, "retain", "message.retain")?.unwrap_or(false);
+    if let Some(to) = to {
+        if retain {
+            return Err(ApiError::bad("a user message is not retained"));
+        }
+        let (topic, queued) = crate::groups::backend::publish_to_user(
+            ctx.router,
+            ctx.durable,
+            &from,
+            to,
+            payload,
+            qos,
+        )
+        .await?;
+        return Ok(json!({"message": {"to": to, "topic": topic, "queued": queued}}));
+    }
     let request = crate::groups::backend::BackendMessage {
         from,
         gid,

@@ -35,6 +35,61 @@ pub fn deny_error(deny: Deny, gid: Gid, who: &str) -> DirError {
     }
 }
 
+/// A message to one user (`message` with `to`): published on `$users/{to}/messages`, which
+/// only that user may subscribe to; queued for their persistent sessions while offline.
+/// Both users must exist. Waits for the commit when it had to be stored.
+pub async fn publish_to_user(
+    router: &Router,
+    durable: Option<&Arc<Durable>>,
+    from: &str,
+    to: &str,
+    payload: Bytes,
+    qos: QoS,
+) -> Result<(String, usize), DirError> {
+    let directory = &router.directory;
+    for address in [from, to] {
+        if directory.user(address).is_none() {
+            return Err(DirError::NoUser(address.to_string()));
+        }
+    }
+    let topic = format!("$users/{to}/messages");
+    let publish = Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: MqttStr::from(topic.as_str()),
+        packet_id: 0,
+        properties: Properties::default(),
+        payload,
+    };
+    let mut message = Message::new(publish, Arc::from(""));
+    message.sender = Some(Arc::from(from));
+    let routed = router.publish(message, None);
+    wait_routed(durable, &routed).await?;
+    Ok((topic, routed.queued))
+}
+
+async fn wait_routed(
+    durable: Option<&Arc<Durable>>,
+    routed: &crate::router::Routed,
+) -> Result<(), DirError> {
+    if routed.refused_storage_full {
+        return Err(DirError::Internal(
+            "storage is full: the message was refused".into(),
+        ));
+    }
+    if let (Some(durable), Some(ticket)) = (durable, routed.ticket) {
+        if let Err(full) = durable.wait(ticket).await {
+            return Err(DirError::Internal(if full {
+                "storage is full: the message may not be stored".into()
+            } else {
+                "the message could not be stored".into()
+            }));
+        }
+    }
+    Ok(())
+}
+
 /// Publishes the message if `from` may send it; returns the topic it went to and how many
 /// sessions it was queued for. Waits for the commit when it had to be stored.
 pub async fn publish(

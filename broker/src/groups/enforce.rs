@@ -182,7 +182,10 @@ pub fn check_subscribe(
         ("$users", Some(address)) => match username {
             Some(own)
                 if own == address
-                    && matches!(rest.as_slice(), ["events" | "replies" | "+" | "#"]) =>
+                    && matches!(
+                        rest.as_slice(),
+                        ["events" | "replies" | "messages" | "+" | "#"]
+                    ) =>
             {
                 Ok(())
             }

@@ -39,6 +39,9 @@ pub enum GroupTopic<'a> {
     UserEvents { address: &'a str },
     /// `$users/{address}/replies`.
     UserReplies { address: &'a str },
+    /// `$users/{address}/messages`: messages to one user (the backend `message` op with
+    /// `to`).
+    UserMessages { address: &'a str },
 }
 
 /// Why a topic in the group namespace names nothing.
@@ -82,8 +85,11 @@ pub fn parse_topic(topic: &str) -> Option<Result<GroupTopic<'_>, BadGroupTopic>>
             (Some(address), Some("replies"), None) if !address.is_empty() => {
                 Ok(GroupTopic::UserReplies { address })
             }
+            (Some(address), Some("messages"), None) if !address.is_empty() => {
+                Ok(GroupTopic::UserMessages { address })
+            }
             _ => Err(BadGroupTopic(
-                "$users/ has only {address}/events and {address}/replies",
+                "$users/ has only {address}/events, {address}/replies and {address}/messages",
             )),
         },
         _ => return None,
