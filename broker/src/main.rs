@@ -62,6 +62,12 @@ fn main() -> anyhow::Result<()> {
         // Tests and scripts that start the binary on port 0 read the addresses from here
         // (the MQTT line last).
         println!("rookery: HTTP listening on {}", broker.http_addr());
+        if let Some(addr) = broker.http_tls_addr() {
+            println!("rookery: HTTP/TLS listening on {addr}");
+        }
+        if let Some(addr) = broker.mqtt_tls_addr() {
+            println!("rookery: MQTT/TLS listening on {addr}");
+        }
         println!("rookery: MQTT listening on {}", broker.mqtt_addr());
         wait_for_signal().await;
         tracing::info!("shutting down");

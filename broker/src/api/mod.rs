@@ -20,25 +20,30 @@ use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
+use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// The largest request body accepted: 1 MiB.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
-/// Serves the API on `listener` until the broker shuts down (`shutdown` turns true):
-/// then it stops accepting and lets open connections finish their current request.
-/// Connections hold the broker only weakly, so that an idle keep-alive connection never
-/// keeps a stopped broker (and its store's lock) alive.
-pub async fn serve(
-    listener: TcpListener,
-    broker: Arc<Broker>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Serves the API (and MQTT over WebSocket on `/mqtt`) on `listener`, plain TCP or TLS,
+/// until the broker shuts down (`shutdown` turns true): then it stops accepting and lets
+/// open connections finish their current request. Connections hold the broker only
+/// weakly, so that an idle keep-alive connection never keeps a stopped broker (and its
+/// store's lock) alive; a WebSocket MQTT connection holds it like any MQTT connection.
+pub async fn serve<L>(listener: L, broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>)
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    crate::server::websocket::Peer:
+        for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    use crate::server::websocket;
     let app = axum::Router::new()
         .route("/api", axum::routing::any(handle))
-        .with_state(Arc::downgrade(&broker));
+        .route("/mqtt", axum::routing::get(websocket::upgrade))
+        .with_state(Arc::downgrade(&broker))
+        .into_make_service_with_connect_info::<websocket::Peer>();
     drop(broker);
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;

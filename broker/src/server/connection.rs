@@ -3,6 +3,7 @@
 //! `select!` loop, so a connection needs no locks of its own; publishers reach it only
 //! through the outbox.
 
+use super::transport::{BoxedStream, TransportRead, TransportWrite};
 use super::Broker;
 use crate::codec::{self, reason, Disconnect, LastWill, MqttStr, Packet, ProtocolVersion};
 use crate::durable::{Committed, Ticket};
@@ -15,7 +16,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 
@@ -91,8 +91,16 @@ pub(super) struct Connection {
     pub ack_waker: Arc<tokio::sync::Notify>,
 }
 
-/// Counts the connection for its whole life, including the handshake.
-struct ConnectionGuard(Arc<Stats>);
+/// Counts the connection for its whole life, including the handshakes (TLS, MQTT).
+pub(super) struct ConnectionGuard(Arc<Stats>);
+
+impl ConnectionGuard {
+    pub(super) fn count(stats: &Arc<Stats>) -> ConnectionGuard {
+        Stats::add(&stats.connections_current, 1);
+        Stats::add(&stats.connections_total, 1);
+        ConnectionGuard(stats.clone())
+    }
+}
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
@@ -102,11 +110,32 @@ impl Drop for ConnectionGuard {
     }
 }
 
-pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
-    Stats::add(&broker.stats.connections_current, 1);
-    Stats::add(&broker.stats.connections_total, 1);
-    let _guard = ConnectionGuard(broker.stats.clone());
-    let (mut reader, mut writer) = stream.into_split();
+/// Serves an MQTT connection over plain TCP.
+pub(super) async fn serve_tcp(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
+    let guard = ConnectionGuard::count(&broker.stats);
+    let (reader, writer) = stream.into_split();
+    serve(reader, writer, peer, broker, guard).await;
+}
+
+/// Serves an MQTT connection over any other transport (TLS, WebSocket, WSS); `guard`
+/// has counted it since its transport handshake began.
+pub(super) async fn serve_stream(
+    stream: BoxedStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    guard: ConnectionGuard,
+) {
+    let (reader, writer) = tokio::io::split(stream);
+    serve(reader, writer, peer, broker, guard).await;
+}
+
+async fn serve<R: TransportRead, W: TransportWrite>(
+    mut reader: R,
+    mut writer: W,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    _guard: ConnectionGuard,
+) {
     let mut rbuf = BytesMut::new();
     // The handshake's and the closing code's futures are boxed so that the task keeps
     // only the steady-state loop's state for the connection's lifetime.
@@ -233,14 +262,26 @@ impl Connection {
         }
     }
 
-    async fn run(mut self, reader: OwnedReadHalf, mut writer: OwnedWriteHalf, mut rbuf: BytesMut) {
+    async fn run<R: TransportRead, W: TransportWrite>(
+        mut self,
+        mut reader: R,
+        mut writer: W,
+        mut rbuf: BytesMut,
+    ) {
         let mut shutdown = self.broker.shutdown.clone();
         let mut last_read = Instant::now();
+        // Bytes written into a buffering transport (TLS, WebSocket) and not flushed yet.
+        let mut unflushed = false;
         let keep_alive_limit = self.keep_alive + self.keep_alive / 2;
         let keep_alive_timer = tokio::time::sleep(keep_alive_limit.max(Duration::from_secs(1)));
         tokio::pin!(keep_alive_timer);
         let max_packet = self.broker.config.mqtt.max_packet_size as usize;
         self.resend_inflight();
+        // Packets a client sent right behind its CONNECT, read with it (pipelining, or
+        // one WebSocket message or TLS record holding several packets).
+        if !rbuf.is_empty() {
+            self.decode_all(&mut rbuf, max_packet);
+        }
         loop {
             if self.wbuf.len() < WRITE_HIGH_WATER && self.ending.is_none() {
                 self.fill_from_outbox();
@@ -261,11 +302,13 @@ impl Connection {
                         Err(_) => self.kick = None,
                     }
                 }
-                written = writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => {
+                written = write_or_flush(&mut writer, &mut self.wbuf), if !self.wbuf.is_empty() || unflushed => {
                     match written {
-                        Ok(0) | Err(_) => self.end(End::Lost),
-                        Ok(n) => {
+                        Ok(Written::Flushed) => unflushed = false,
+                        Ok(Written::Bytes(0)) | Err(_) => self.end(End::Lost),
+                        Ok(Written::Bytes(n)) => {
                             Stats::add(&self.broker.stats.bytes_sent, n as u64);
+                            unflushed = W::BUFFERED;
                             if self.wbuf.is_empty() {
                                 // Idle connections hold no buffers: this is most of what
                                 // keeps memory per connection small.
@@ -274,17 +317,8 @@ impl Connection {
                         }
                     }
                 }
-                ready = reader.readable() => {
-                    // Readiness first, then a buffer: an idle connection waits holding none.
-                    let read = match ready {
-                        Ok(()) => {
-                            rbuf.reserve(READ_CHUNK);
-                            reader.try_read_buf(&mut rbuf)
-                        }
-                        Err(error) => Err(error),
-                    };
+                read = reader.read_some(&mut rbuf, READ_CHUNK) => {
                     match read {
-                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                         Ok(0) | Err(_) => self.end(End::Lost),
                         Ok(n) => {
                             Stats::add(&self.broker.stats.bytes_received, n as u64);
@@ -320,7 +354,7 @@ impl Connection {
             }
         }
         let end = self.ending.unwrap_or(End::Lost);
-        Box::pin(self.close(end, &mut writer, &reader)).await;
+        Box::pin(self.close(end, &mut writer, &mut reader)).await;
     }
 
     /// Handles every whole packet in `rbuf`; returns how many there were.
@@ -346,7 +380,7 @@ impl Connection {
 
     /// Answers a take-over: DISCONNECT 0x8E to this client [MQTT-3.1.4-3], its will as on
     /// any ended connection, and the session state to the new connection.
-    async fn hand_over(&mut self, take_over: TakeOver, writer: &mut OwnedWriteHalf) {
+    async fn hand_over<W: TransportWrite>(&mut self, take_over: TakeOver, writer: &mut W) {
         if self.version.is_v5() {
             self.send(&Packet::Disconnect(Disconnect {
                 reason_code: reason::SESSION_TAKEN_OVER,
@@ -358,19 +392,26 @@ impl Connection {
         let _ = take_over.reply.send(std::mem::take(&mut self.state));
     }
 
-    async fn flush(&mut self, writer: &mut OwnedWriteHalf) {
+    async fn flush<W: TransportWrite>(&mut self, writer: &mut W) {
         let write = async {
             while !self.wbuf.is_empty() {
                 if writer.write_buf(&mut self.wbuf).await.unwrap_or(0) == 0 {
                     break;
                 }
             }
+            // Also flushes what a buffering transport holds, and closes it in its own way
+            // (TLS close_notify, WebSocket Close frame).
             let _ = writer.shutdown().await;
         };
         let _ = tokio::time::timeout(FLUSH_ON_CLOSE, write).await;
     }
 
-    async fn close(mut self, end: End, writer: &mut OwnedWriteHalf, reader: &OwnedReadHalf) {
+    async fn close<R: TransportRead, W: TransportWrite>(
+        mut self,
+        end: End,
+        writer: &mut W,
+        reader: &mut R,
+    ) {
         let disconnect_reason = match end {
             End::Violation(code) => Some(code),
             End::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
@@ -496,6 +537,26 @@ impl Connection {
     }
 }
 
+enum Written {
+    Bytes(usize),
+    Flushed,
+}
+
+/// Writes from `wbuf`, or, once it is empty, flushes: a buffering transport may hold the
+/// last bytes written until then, and flushing only when everything is written spares a
+/// flush per write. Cancel safe, like each of the two.
+async fn write_or_flush<W: TransportWrite>(
+    writer: &mut W,
+    wbuf: &mut BytesMut,
+) -> std::io::Result<Written> {
+    if wbuf.is_empty() {
+        writer.flush().await?;
+        Ok(Written::Flushed)
+    } else {
+        writer.write_buf(wbuf).await.map(Written::Bytes)
+    }
+}
+
 async fn wait_for_take_over(
     kick: &mut Option<oneshot::Receiver<TakeOver>>,
 ) -> Result<TakeOver, oneshot::error::RecvError> {
@@ -509,19 +570,15 @@ async fn wait_for_take_over(
 /// sends, for a moment, before the socket closes. A client that is mid-way through a burst
 /// (e.g. answering PUBRECs) then reads our DISCONNECT and its reason code instead of
 /// failing on a reset connection.
-async fn linger(reader: &OwnedReadHalf) {
+async fn linger<R: TransportRead>(reader: &mut R) {
     const LINGER: Duration = Duration::from_secs(1);
     let discard = async {
-        let mut sink = [0u8; 1024];
+        let mut sink = BytesMut::new();
         loop {
-            if reader.readable().await.is_err() {
-                return;
-            }
-            match reader.try_read(&mut sink) {
-                Ok(0) => return,
+            sink.clear();
+            match reader.read_some(&mut sink, 1024).await {
+                Ok(0) | Err(_) => return,
                 Ok(_) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
             }
         }
     };

@@ -2,6 +2,7 @@
 //! claiming the session (new, resumed or taken over).
 
 use super::connection::Connection;
+use super::transport::{TransportRead, TransportWrite};
 use super::Broker;
 use crate::acl::{Access, Identity};
 use crate::codec::{self, reason, ConnAck, Connect, MqttStr, Packet, Properties, ProtocolVersion};
@@ -11,8 +12,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
 /// How long a new connection waits for a taken-over connection to hand its session on.
@@ -20,9 +20,9 @@ const TAKE_OVER_WAIT: Duration = Duration::from_secs(5);
 
 /// Reads CONNECT within the connect timeout and answers it. Returns the connection ready
 /// to run, or `None` when it was refused (CONNACK with a failure code already sent).
-pub(super) async fn accept(
-    reader: &mut OwnedReadHalf,
-    writer: &mut OwnedWriteHalf,
+pub(super) async fn accept<R: TransportRead, W: TransportWrite>(
+    reader: &mut R,
+    writer: &mut W,
     rbuf: &mut BytesMut,
     peer: SocketAddr,
     broker: Arc<Broker>,
@@ -42,7 +42,7 @@ pub(super) async fn accept(
             } else {
                 0x01
             };
-            let _ = writer.write_all(&[0x20, 0x02, 0x00, code]).await;
+            let _ = write_and_flush(writer, &[0x20, 0x02, 0x00, code]).await;
             return None;
         }
         Ok(Err(error)) => {
@@ -78,15 +78,15 @@ pub(super) async fn accept(
                 properties: Properties::default(),
             });
             if codec::encode_packet(&refusal, version, &mut buf).is_ok() {
-                let _ = writer.write_all(&buf).await;
+                let _ = write_and_flush(writer, &buf).await;
             }
             None
         }
     }
 }
 
-async fn read_first_packet(
-    reader: &mut OwnedReadHalf,
+async fn read_first_packet<R: TransportRead>(
+    reader: &mut R,
     rbuf: &mut BytesMut,
     max_packet: usize,
 ) -> Result<Option<Packet>, codec::DecodeError> {
@@ -94,18 +94,23 @@ async fn read_first_packet(
         if let Some(packet) = codec::decode_packet(rbuf, ProtocolVersion::V5, max_packet)? {
             return Ok(Some(packet));
         }
-        rbuf.reserve(1024);
-        match reader.read_buf(rbuf).await {
+        match reader.read_some(rbuf, 1024).await {
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {}
         }
     }
 }
 
-async fn flush(writer: &mut OwnedWriteHalf, wbuf: &mut BytesMut) -> bool {
-    let ok = writer.write_all(wbuf).await.is_ok();
+async fn flush<W: TransportWrite>(writer: &mut W, wbuf: &mut BytesMut) -> bool {
+    let ok = write_and_flush(writer, wbuf).await.is_ok();
     *wbuf = BytesMut::new();
     ok
+}
+
+/// Writes `bytes` and flushes them out of a buffering transport (TLS, WebSocket).
+async fn write_and_flush<W: TransportWrite>(writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
 }
 
 /// Decides on a CONNECT; `Err` carries the CONNACK failure reason code.

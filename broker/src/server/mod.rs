@@ -2,13 +2,18 @@
 //!
 //! `start` binds the listeners and spawns the background tasks (session expiry, `$SYS`);
 //! every accepted socket gets a `connection::Connection` task that owns the socket and,
-//! while connected, the client's session state.
+//! while connected, the client's session state. MQTT arrives over plain TCP, TLS
+//! (`tls`), and WebSocket or WSS on the HTTP listener (`websocket`); `transport` is what
+//! lets one connection implementation serve them all.
 
 mod connection;
 mod handshake;
 mod inbound;
 mod outbound;
 pub mod realtime;
+mod tls;
+mod transport;
+pub mod websocket;
 mod will;
 
 use crate::acl::Acl;
@@ -91,6 +96,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Acl(#[from] crate::acl::AclError),
+    #[error("TLS configuration: {0}")]
+    Tls(String),
     #[error("cannot open storage in {dir}: {source}")]
     Storage {
         dir: std::path::PathBuf,
@@ -102,6 +109,8 @@ pub enum StartError {
 pub struct BrokerHandle {
     mqtt_addr: SocketAddr,
     http_addr: SocketAddr,
+    mqtt_tls_addr: Option<SocketAddr>,
+    http_tls_addr: Option<SocketAddr>,
     broker: Arc<Broker>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -118,6 +127,17 @@ impl BrokerHandle {
     /// The address the HTTP listener (management API) is bound to.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The address the MQTT/TLS listener is bound to, if `[mqtt] tls_listen` is set.
+    pub fn mqtt_tls_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_tls_addr
+    }
+
+    /// The address the HTTPS listener (WSS, and the API over TLS) is bound to, if
+    /// `[http] tls_listen` is set.
+    pub fn http_tls_addr(&self) -> Option<SocketAddr> {
+        self.http_tls_addr
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
@@ -223,6 +243,10 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
             addr: config.http.listen,
             source,
         })?;
+    let mqtt_tls = tls::bind_mqtt(&config).await?;
+    let http_tls = tls::bind_http(&config).await?;
+    let mqtt_tls_addr = mqtt_tls.as_ref().map(|bound| bound.local_addr);
+    let http_tls_addr = http_tls.as_ref().map(|bound| bound.local_addr);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let http_shutdown = shutdown_rx.clone();
     let broker = Arc::new(Broker {
@@ -254,6 +278,7 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
     }
     crate::api::ensure_app_token(&broker).await;
     tracing::info!(%http_addr, "HTTP listener ready");
+    tls::spawn(mqtt_tls, http_tls, &broker, &http_shutdown, &mut tasks)?;
     tasks.push(tokio::spawn(crate::api::serve(
         http_listener,
         broker.clone(),
@@ -262,6 +287,8 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
     Ok(BrokerHandle {
         mqtt_addr,
         http_addr,
+        mqtt_tls_addr,
+        http_tls_addr,
         broker,
         shutdown: shutdown_tx,
         tasks,
@@ -289,7 +316,7 @@ async fn accept_loop(listener: TcpListener, broker: Arc<Broker>) {
         let _ = stream.set_nodelay(true);
         let broker = broker.clone();
         tokio::spawn(async move {
-            connection::serve(stream, peer, broker).await;
+            connection::serve_tcp(stream, peer, broker).await;
         });
     }
 }
