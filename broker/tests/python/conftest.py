@@ -35,6 +35,8 @@ QUIET = 0.3  # seconds: how long to listen to conclude that nothing arrives
 REPO = Path(__file__).resolve().parents[3]
 LISTENING = re.compile(r"^rookery: MQTT listening on (\S+):(\d+)$")
 HTTP_LISTENING = re.compile(r"^rookery: HTTP listening on (\S+):(\d+)$")
+HTTP_TLS_LISTENING = re.compile(r"^rookery: HTTP/TLS listening on (\S+):(\d+)$")
+MQTT_TLS_LISTENING = re.compile(r"^rookery: MQTT/TLS listening on (\S+):(\d+)$")
 APP_TOKEN = re.compile(r"^rookery: generated the management API app token \(shown only now\): (\S+)$")
 
 
@@ -69,6 +71,8 @@ class Broker:
             args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=full_env, text=True
         )
         self.http_port = None
+        self.https_port = None  # with [http] tls_listen
+        self.tls_port = None  # with [mqtt] tls_listen
         self.app_token = None
         self.port = self._read_port()
         # Keep draining stdout (logs go there too) so the broker never blocks on the pipe.
@@ -95,6 +99,12 @@ class Broker:
             http = HTTP_LISTENING.match(line.strip())
             if http:
                 self.http_port = int(http.group(2))
+            https = HTTP_TLS_LISTENING.match(line.strip())
+            if https:
+                self.https_port = int(https.group(2))
+            tls = MQTT_TLS_LISTENING.match(line.strip())
+            if tls:
+                self.tls_port = int(tls.group(2))
             token = APP_TOKEN.match(line.strip())
             if token:
                 self.app_token = token.group(1)
