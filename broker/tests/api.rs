@@ -1318,3 +1318,40 @@ async fn message_to_one_user_reaches_only_that_user() {
     let _ = eve.disconnect().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn a_round_robin_groups_waiting_messages_survive_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let settings = config(data.path(), "strict");
+    let api = Api::start(settings.clone()).await;
+    api.add_user("alice").await;
+    let bob_token = api.add_user("bob").await;
+    let gid = api
+        .add_group(
+            json!({"name": "hunt", "permissions": {"recv": 2}, "members": {"m": "alice,bob"}}),
+        )
+        .await;
+    // Nobody is online: the message waits in the group's queue.
+    for text in ["first", "second"] {
+        let answer = api
+            .ok(json!({"op": "message", "message": {"from": "alice", "gid": gid, "message": text}}))
+            .await;
+        assert_eq!(answer["message"]["queued"], 0, "{answer}");
+    }
+    api.stop().await;
+
+    let api = Api::restart(settings).await;
+    let (bob, mut events) = mqtt_connect(api.mqtt(), "bob", &bob_token).await;
+    bob.subscribe(format!("groups/{gid}"), rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let first = next_event(&mut events).await;
+    let second = next_event(&mut events).await;
+    assert_eq!(
+        [&first.payload[..], &second.payload[..]],
+        [&b"first"[..], &b"second"[..]],
+        "the waiting messages, in order, to the first member who subscribes"
+    );
+    let _ = bob.disconnect().await;
+    api.stop().await;
+}

@@ -19,6 +19,18 @@ pub struct StoredMessage {
     pub expiry_interval: Option<u32>,
 }
 
+impl StoredMessage {
+    /// The message in the store's own encoding, for records the broker keeps in an
+    /// opaque space (a round-robin group's queue).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        crate::codec::encode_message(self)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> crate::StorageResult<StoredMessage> {
+        crate::codec::decode_message(bytes)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSubscription {
     pub filter: String,

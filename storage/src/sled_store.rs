@@ -57,6 +57,7 @@ enum T {
     History,
     Outbox,
     DeadLetters,
+    GroupQueues,
     Journal,
 }
 
@@ -69,6 +70,7 @@ impl T {
             crate::Space::History => T::History,
             crate::Space::Outbox => T::Outbox,
             crate::Space::DeadLetters => T::DeadLetters,
+            crate::Space::GroupQueues => T::GroupQueues,
         }
     }
 }
@@ -79,7 +81,7 @@ mod staged;
 use batch::Overlay;
 use staged::{Layers, Staged};
 
-const TREE_NAMES: [&str; 15] = [
+const TREE_NAMES: [&str; 16] = [
     "meta",
     "retained",
     "messages",
@@ -94,6 +96,7 @@ const TREE_NAMES: [&str; 15] = [
     "history",
     "outbox",
     "dead_letters",
+    "group_queues",
     "journal",
 ];
 

@@ -25,6 +25,7 @@
 //! | `history`     | gid (u32 BE), message id (u64 BE)     | the broker's history entry  |
 //! | `outbox`      | endpoint key, event id (u64 BE each)  | a webhook event (bridge)    |
 //! | `dead_letters`| endpoint key, event id (u64 BE each)  | last error, then the event  |
+//! | `group_queues`| gid (u32 BE), message id (u64 BE)     | a waiting round-robin message |
 //! | `journal`     | record number, part (u64 BE, u32 BE)  | one batch's resolved writes |
 //!
 //! The `users`, `groups` and `directory` values are opaque here ([`Op::PutRecord`]): the
@@ -33,7 +34,7 @@
 //! resolved to, `codec::encode_journal`); a background checkpoint moves them into the other
 //! trees and records `checkpointed_through` (`sled_store/staged.rs`). Schema version 2 added
 //! it; a version 1 database is refused rather than read without its journal semantics.
-//! Version 3 added the record trees, version 4 the webhook outbox and dead letters.
+//! Version 3 added the record trees, version 4 the webhook outbox, dead letters and round-robin group queues.
 //!
 //! Reference counts live in their own tree, beside the message rather than in front of it,
 //! so that acknowledging one copy of a message shared by many sessions rewrites 8 bytes,
@@ -105,16 +106,20 @@ pub enum Space {
     Outbox,
     /// Webhook events that reached their endpoint's maximum age undelivered.
     DeadLetters,
+    /// Round-robin groups' messages waiting for an eligible member (key: gid u32 BE, then
+    /// a message id u64 BE; value: `StoredMessage::to_bytes`).
+    GroupQueues,
 }
 
 impl Space {
-    pub const ALL: [Space; 6] = [
+    pub const ALL: [Space; 7] = [
         Space::Users,
         Space::Groups,
         Space::Directory,
         Space::History,
         Space::Outbox,
         Space::DeadLetters,
+        Space::GroupQueues,
     ];
     /// The spaces `recover` returns whole.
     pub const RECOVERED: [Space; 3] = [Space::Users, Space::Groups, Space::Directory];

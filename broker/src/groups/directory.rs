@@ -178,7 +178,7 @@ impl Directory {
                 }
                 // Read on demand (`history.rs`, `events/outbox.rs`), never part of the
                 // recovered records.
-                Space::History | Space::Outbox | Space::DeadLetters => {}
+                Space::History | Space::Outbox | Space::DeadLetters | Space::GroupQueues => {}
             }
         }
         // Never below what is stored, whatever the counters say.

@@ -50,9 +50,13 @@ pub struct Router {
     /// Which users are online, for `$groups/{gid}/presence`.
     pub presence: crate::groups::presence::Presence,
     /// Round-robin messages waiting for an eligible member to come online, per gid
-    /// (in memory; bounded by [`ROUND_ROBIN_QUEUE`]).
+    /// (bounded by [`ROUND_ROBIN_QUEUE`]); QoS >= 1 ones also in the store's
+    /// `GroupQueues` space, under the id with them.
     waiting: std::sync::Mutex<
-        rustc_hash::FxHashMap<crate::groups::Gid, std::collections::VecDeque<Arc<Message>>>,
+        rustc_hash::FxHashMap<
+            crate::groups::Gid,
+            std::collections::VecDeque<(Option<u64>, Arc<Message>)>,
+        >,
     >,
     /// Round-robin groups: the next turn, per gid.
     rotation: std::sync::Mutex<rustc_hash::FxHashMap<crate::groups::Gid, usize>>,
@@ -161,7 +165,7 @@ impl Router {
         }
         if matches.is_empty() {
             if let Some(g) = group.as_ref().filter(|g| g.is_round_robin()) {
-                self.wait_for_receiver(g, &message);
+                routed.ticket = routed.ticket.max(self.wait_for_receiver(g, &message));
             }
             return routed;
         }
@@ -200,7 +204,7 @@ impl Router {
                 .filter(|(i, _)| matches[*i].session.outbox.online())
                 .collect();
             if online.is_empty() {
-                self.wait_for_receiver(g, &message);
+                routed.ticket = routed.ticket.max(self.wait_for_receiver(g, &message));
             } else {
                 let mut rotation = self.rotation.lock().unwrap_or_else(|e| e.into_inner());
                 let turn = rotation.entry(g.gid).or_insert(0);
@@ -370,6 +374,12 @@ fn split_share(filter: &str) -> (Option<&str>, &str) {
     }
 }
 
+fn waiting_key(gid: crate::groups::Gid, id: u64) -> Vec<u8> {
+    let mut key = gid.to_be_bytes().to_vec();
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
 /// Round-robin messages a group keeps while no member is online.
 pub const ROUND_ROBIN_QUEUE: usize = 10_000;
 
@@ -395,20 +405,40 @@ impl Router {
     }
 
     /// A round-robin message no member could take: queued for the first eligible member
-    /// that comes online or subscribes (not for no-store groups, which drop it).
-    fn wait_for_receiver(&self, group: &GroupRoute, message: &Arc<Message>) {
+    /// that comes online or subscribes (not for no-store groups, which drop it). A QoS
+    /// >= 1 message is stored with the group's queue: the ticket its acknowledgement
+    /// waits for.
+    fn wait_for_receiver(
+        &self,
+        group: &GroupRoute,
+        message: &Arc<Message>,
+    ) -> Option<crate::durable::Ticket> {
         if !group.may_store() || message.qos == QoS::AtMostOnce {
             Stats::add(&self.stats.dropped_no_receiver, 1);
             self.events
                 .dropped(Some(&message.topic), None, "no_receiver");
-            return;
+            return None;
         }
+        let mut ops = Vec::new();
+        let id = self.durable.as_ref().map(|durable| {
+            let id = durable.allocate_message_id();
+            ops.push(Op::PutRecord {
+                space: rookery_storage::Space::GroupQueues,
+                key: waiting_key(group.gid, id),
+                value: message.to_stored().to_bytes(),
+            });
+            id
+        });
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
         let queue = waiting.entry(group.gid).or_default();
         if queue.len() >= ROUND_ROBIN_QUEUE {
-            if let Some(oldest) = queue.pop_front() {
+            if let Some((oldest_id, oldest)) = queue.pop_front() {
                 self.events
                     .dropped(Some(&oldest.topic), None, "no_receiver");
+                ops.extend(oldest_id.map(|id| Op::RemoveRecord {
+                    space: rookery_storage::Space::GroupQueues,
+                    key: waiting_key(group.gid, id),
+                }));
             }
             Stats::add(&self.stats.dropped_no_receiver, 1);
             tracing::warn!(
@@ -416,7 +446,10 @@ impl Router {
                 "round-robin queue full: oldest message dropped"
             );
         }
-        queue.push_back(message.clone());
+        queue.push_back((id, message.clone()));
+        drop(waiting);
+        let durable = self.durable.as_ref()?;
+        Some(durable.submit(ops))
     }
 
     /// Someone who may now receive came online or subscribed: routes the waiting
@@ -440,9 +473,51 @@ impl Router {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&gid)
                 .unwrap_or_default();
-            for message in queued {
+            let mut removals = Vec::new();
+            for (id, message) in queued {
+                // Routed again first (stored for its new receiver if need be), then
+                // forgotten by the group's queue, in that order in the store.
                 self.publish(message.rerouted(), None);
+                removals.extend(id.map(|id| Op::RemoveRecord {
+                    space: rookery_storage::Space::GroupQueues,
+                    key: waiting_key(gid, id),
+                }));
             }
+            if let (Some(durable), false) = (&self.durable, removals.is_empty()) {
+                durable.submit(removals);
+            }
+        }
+    }
+
+    /// The round-robin messages found waiting in the store at start.
+    pub fn restore_waiting(&self, records: Vec<(Vec<u8>, Vec<u8>)>) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let mut restored = 0;
+        for (key, value) in records {
+            let (Some(gid), Some(id)) = (
+                key.get(..4)
+                    .and_then(|k| Some(u32::from_be_bytes(k.try_into().ok()?))),
+                key.get(4..12)
+                    .and_then(|k| Some(u64::from_be_bytes(k.try_into().ok()?))),
+            ) else {
+                continue;
+            };
+            let Some(mut message) = rookery_storage::StoredMessage::from_bytes(&value)
+                .ok()
+                .and_then(Message::from_stored)
+            else {
+                tracing::warn!(gid, id, "a waiting round-robin message does not decode");
+                continue;
+            };
+            message.retain = false;
+            waiting
+                .entry(gid)
+                .or_default()
+                .push_back((Some(id), Arc::new(message)));
+            restored += 1;
+        }
+        if restored > 0 {
+            tracing::info!(restored, "waiting round-robin messages restored");
         }
     }
 
