@@ -10,6 +10,7 @@
 mod client;
 mod mqtt;
 mod procfs;
+mod relay;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -49,6 +50,13 @@ struct Args {
     host: String,
     #[arg(long, default_value_t = 1883)]
     port: u16,
+    /// How clients reach the broker: tcp (direct), or through a local relay (see
+    /// src/relay.rs) as tcp-relay, tls, ws (`--port` = HTTP port) or wss.
+    #[arg(long, value_enum, default_value_t = relay::Transport::Tcp)]
+    transport: relay::Transport,
+    /// CA certificate (PEM) that signed the broker's certificate, for tls and wss.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
     /// QoS for publishes and subscriptions.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     qos: u8,
@@ -394,7 +402,13 @@ async fn run_traffic(args: &Args) -> Result<Value> {
             c
         }
     });
-    let addr = format!("{}:{}", args.host, args.port);
+    let addr = relay::start(
+        args.transport,
+        &args.host,
+        args.port,
+        args.tls_ca.as_deref(),
+    )
+    .await?;
     let pid = args.broker_pid.map(|p| p.to_string());
     let tck = procfs::clk_tck();
     let mut errors: Vec<String> = Vec::new();
@@ -762,7 +776,13 @@ async fn run_traffic(args: &Args) -> Result<Value> {
 
 async fn run_idle(args: &Args) -> Result<Value> {
     let n = args.connections.unwrap_or(1000);
-    let addr = format!("{}:{}", args.host, args.port);
+    let addr = relay::start(
+        args.transport,
+        &args.host,
+        args.port,
+        args.tls_ca.as_deref(),
+    )
+    .await?;
     let pid = args.broker_pid.map(|p| p.to_string());
     let tck = procfs::clk_tck();
     let tag = run_tag();
