@@ -10,6 +10,7 @@ pub mod durable;
 pub mod events;
 pub mod groups;
 pub mod message;
+pub mod metrics;
 pub mod router;
 pub mod server;
 pub mod session;

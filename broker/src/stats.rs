@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+#[derive(Debug)]
 pub struct Stats {
     pub started: Instant,
     pub connections_current: AtomicU64,
@@ -185,5 +186,62 @@ impl Stats {
                 g(&self.protocol_errors).to_string(),
             ),
         ]
+    }
+}
+
+/// A latency histogram with fixed buckets, updated with relaxed atomics (no lock on the
+/// path it measures), read by `/metrics`.
+#[derive(Debug)]
+pub struct Histogram {
+    /// Upper bounds in seconds; a last, implicit bucket is +Inf.
+    pub bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+}
+
+/// What [`Histogram::snapshot`] reads: sum (s), count, (upper bound, count) per bucket.
+pub type HistogramSnapshot = (f64, u64, Vec<(f64, u64)>);
+
+/// Bounds for storage commits: 100 µs to 5 s.
+pub const COMMIT_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, elapsed: std::time::Duration) {
+        let secs = elapsed.as_secs_f64();
+        let index = self
+            .bounds
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[index].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// (sum in seconds, count, per-bucket counts with their upper bounds, the last one
+    /// `f64::MAX`, which `prometheus-client` writes as `+Inf`; it accumulates them itself).
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let buckets: Vec<(f64, u64)> = self
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(i, count)| {
+                let bound = self.bounds.get(i).copied().unwrap_or(f64::MAX);
+                (bound, count.load(Ordering::Relaxed))
+            })
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (sum, count, buckets)
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod form;
 pub mod ops;
+pub mod webhooks;
 
 use crate::router::Router;
 use crate::server::Broker;
@@ -42,6 +43,11 @@ where
     let app = axum::Router::new()
         .route("/api", axum::routing::any(handle))
         .route("/mqtt", axum::routing::get(websocket::upgrade))
+        .route(
+            "/metrics",
+            axum::routing::get(crate::metrics::serve_metrics),
+        )
+        .route("/health", axum::routing::get(crate::metrics::serve_health))
         .with_state(Arc::downgrade(&broker))
         .into_make_service_with_connect_info::<websocket::Peer>();
     drop(broker);

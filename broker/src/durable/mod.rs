@@ -405,6 +405,8 @@ pub struct Durable {
     /// Held for each commit, so that commits never overlap (their order is the order of
     /// the operations) — also the final one at shutdown.
     commit_gate: tokio::sync::Mutex<()>,
+    /// How long each commit (apply and fsync) took, for `/metrics`.
+    pub commit_latency: crate::stats::Histogram,
 }
 
 impl Durable {
@@ -434,6 +436,7 @@ impl Durable {
             full_policy,
             write_behind,
             commit_gate: tokio::sync::Mutex::new(()),
+            commit_latency: crate::stats::Histogram::new(&crate::stats::COMMIT_BUCKETS),
         })
     }
 
@@ -617,6 +620,7 @@ impl Durable {
             elapsed_us = started.elapsed().as_micros() as u64,
             "commit"
         );
+        self.commit_latency.observe(started.elapsed());
         let result = result.map(|_| ());
         self.finish(ticket, result);
     }

@@ -52,12 +52,7 @@ pub struct Router {
     /// Round-robin messages waiting for an eligible member to come online, per gid
     /// (bounded by [`ROUND_ROBIN_QUEUE`]); QoS >= 1 ones also in the store's
     /// `GroupQueues` space, under the id with them.
-    waiting: std::sync::Mutex<
-        rustc_hash::FxHashMap<
-            crate::groups::Gid,
-            std::collections::VecDeque<(Option<u64>, Arc<Message>)>,
-        >,
-    >,
+    waiting: std::sync::Mutex<rustc_hash::FxHashMap<crate::groups::Gid, GroupQueue>>,
     /// Round-robin groups: the next turn, per gid.
     rotation: std::sync::Mutex<rustc_hash::FxHashMap<crate::groups::Gid, usize>>,
     /// Users and groups: every delivery of a group message is checked against it.
@@ -374,6 +369,9 @@ fn split_share(filter: &str) -> (Option<&str>, &str) {
     }
 }
 
+/// A round-robin group's waiting messages, with their store ids (QoS >= 1, stored).
+type GroupQueue = std::collections::VecDeque<(Option<u64>, Arc<Message>)>;
+
 fn waiting_key(gid: crate::groups::Gid, id: u64) -> Vec<u8> {
     let mut key = gid.to_be_bytes().to_vec();
     key.extend_from_slice(&id.to_be_bytes());
@@ -405,8 +403,8 @@ impl Router {
     }
 
     /// A round-robin message no member could take: queued for the first eligible member
-    /// that comes online or subscribes (not for no-store groups, which drop it). A QoS
-    /// >= 1 message is stored with the group's queue: the ticket its acknowledgement
+    /// that comes online or subscribes (not for no-store groups, which drop it). A
+    /// QoS 1/2 message is stored with the group's queue: the ticket its acknowledgement
     /// waits for.
     fn wait_for_receiver(
         &self,

@@ -434,6 +434,21 @@ impl Connection {
                 router.publish_internal(&topic, payload.into(), Default::default());
             }
         }
+        let (why, code) = match end {
+            End::Disconnected { with_will: false } => ("normal", None),
+            End::Disconnected { with_will: true } => ("normal_with_will", None),
+            End::Lost => ("lost", None),
+            End::Violation(code) => ("protocol_error", Some(code)),
+            End::Shutdown => ("shutdown", None),
+        };
+        let client = crate::events::Client {
+            client_id: &self.client_id,
+            username: self.username.as_deref(),
+        };
+        self.broker
+            .router
+            .events
+            .client_disconnected(client, why, code);
         match end {
             // Normal DISCONNECT: the will is discarded [MQTT-3.1.2-10].
             End::Disconnected { with_will: false } => self.state.will = None,

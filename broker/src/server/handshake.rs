@@ -292,6 +292,19 @@ async fn admit(
         properties,
     });
     tracing::debug!(%peer, %client_id, ?version, present, "client connected");
+    let level = match version {
+        ProtocolVersion::V31 => 3,
+        ProtocolVersion::V311 => 4,
+        ProtocolVersion::V5 => 5,
+    };
+    let client = crate::events::Client {
+        client_id: &client_id,
+        username: username.as_deref(),
+    };
+    broker
+        .router
+        .events
+        .client_connected(client, level, connect.clean_start, keep_alive, peer);
     let mut connection = Connection {
         broker: broker.clone(),
         id: connection_id,

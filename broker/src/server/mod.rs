@@ -160,6 +160,8 @@ impl BrokerHandle {
         while Stats::get(&self.broker.stats.connections_current) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Open outbox chunks are written; undelivered events wait for the next start.
+        self.broker.router.events.shutdown().await;
         if let Some(durable) = &self.broker.durable {
             // Open QoS 0 history chunks too.
             let open = self
@@ -189,13 +191,14 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
         Some(path) => Some(Acl::load(path)?),
         None => None,
     };
-    if !config.webhooks.is_empty() {
-        tracing::warn!(
-            endpoints = config.webhooks.len(),
-            "webhooks are configured but not delivered yet: the bridge is not built"
-        );
-    }
     let (durable, recovered) = open_storage(&config)?;
+    let events =
+        crate::events::Events::start(config.webhooks.clone(), durable.clone()).map_err(|e| {
+            StartError::Storage {
+                dir: config.storage.data_dir.clone(),
+                source: rookery_storage::StorageError::Corrupt(e),
+            }
+        })?;
     let retained = Retained::new(durable.clone(), stats.clone());
     retained.restore(
         recovered
@@ -219,8 +222,19 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
         Arc::new(directory),
         history,
         stats.clone(),
-    );
-    let registry = Registry::new(stats.clone());
+    )
+    .with_events(events.clone());
+    if let Some(durable) = &durable {
+        let waiting = durable
+            .store()
+            .records(rookery_storage::Space::GroupQueues, &[])
+            .map_err(|source| StartError::Storage {
+                dir: config.storage.data_dir.clone(),
+                source,
+            })?;
+        router.restore_waiting(waiting);
+    }
+    let registry = Registry::new(stats.clone(), events.clone());
     let listener = TcpListener::bind(config.mqtt.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -265,6 +279,7 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
         tokio::spawn(expire_sessions(broker.clone())),
         tokio::spawn(crate::sys::publish_periodically(broker.clone())),
         tokio::spawn(flush_history_chunks(broker.clone())),
+        tokio::spawn(events.flush_periodically()),
     ];
     let commit_task = durable.as_ref().map(|durable| {
         let interval = Duration::from_millis(broker.config.storage.flush_interval_ms.max(1));

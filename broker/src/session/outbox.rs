@@ -487,6 +487,11 @@ impl Outbox {
         self.lock().deliveries.len()
     }
 
+    /// Deliveries queued in memory, read without the lock (may lag by one push).
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -280,4 +280,13 @@ impl Registry {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Messages queued in memory across all sessions (the outboxes' mirrored counts: no
+    /// outbox lock taken), for `/metrics`.
+    pub fn queued_messages(&self) -> u64 {
+        self.lock()
+            .values()
+            .map(|e| e.core.outbox.queued() as u64)
+            .sum()
+    }
 }
