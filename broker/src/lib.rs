@@ -6,6 +6,7 @@ pub mod acl;
 pub mod api;
 pub mod codec;
 pub mod config;
+pub mod console;
 pub mod durable;
 pub mod events;
 pub mod groups;

@@ -48,6 +48,7 @@ where
             axum::routing::get(crate::metrics::serve_metrics),
         )
         .route("/health", axum::routing::get(crate::metrics::serve_health))
+        .merge(crate::console::routes())
         .with_state(Arc::downgrade(&broker))
         .into_make_service_with_connect_info::<websocket::Peer>();
     drop(broker);

@@ -153,7 +153,7 @@ pub const ERROR_CODES: [&str; 11] = [
 ];
 
 /// The ops this executor knows.
-pub const OPS: [&str; 16] = [
+pub const OPS: [&str; 17] = [
     "useradd",
     "userset",
     "userdel",
@@ -170,6 +170,7 @@ pub const OPS: [&str; 16] = [
     "webhookstats",
     "webhookdeadletters",
     "webhookretry",
+    "brokerstats",
 ];
 
 type Answer = Result<Value, ApiError>;
@@ -220,6 +221,7 @@ async fn run(ctx: &Context<'_>, caller: &Caller, request: &Value) -> Answer {
             super::webhooks::dead_letters(ctx, caller, request, paging(request)?)
         }
         "webhookretry" => super::webhooks::retry(ctx, caller, request).await,
+        "brokerstats" => crate::console::stats_op::broker_stats(ctx, caller),
         other => Err(ApiError::new(
             "BADOP",
             format!("unknown op {other:?}; the ops are {}", OPS.join(", ")),

@@ -91,6 +91,11 @@ impl Router {
         Router { events, ..self }
     }
 
+    /// The broker-wide counters (the broker's own `Stats`), for the `brokerstats` op.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
     pub fn acl(&self) -> Option<Arc<Acl>> {
         self.acl.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
