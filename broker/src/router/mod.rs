@@ -100,6 +100,13 @@ impl Router {
         self.acl.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Replaces the ACL (a reload): publishes, subscriptions and deliveries checked from
+    /// now on use it, existing subscriptions included (their deliveries are checked
+    /// one by one).
+    pub fn set_acl(&self, acl: Option<Acl>) {
+        *self.acl.write().unwrap_or_else(|e| e.into_inner()) = acl.map(Arc::new);
+    }
+
     /// Routes one message: stores or clears it as retained, then queues one delivery per
     /// matching session.
     /// `ack_waker`: the publisher's connection, for a QoS 1 PUBLISH whose acknowledgement
@@ -167,6 +174,11 @@ impl Router {
             if let Some(g) = group.as_ref().filter(|g| g.is_round_robin()) {
                 routed.ticket = routed.ticket.max(self.wait_for_receiver(g, &message));
             }
+            // Nobody subscribed now: the group's history still keeps it (members read it
+            // later with `groupmessages`).
+            routed.ticket = routed
+                .ticket
+                .max(self.maybe_record_history(group.as_ref(), &message));
             return routed;
         }
         // Overlapping subscriptions of one session give one delivery, with the highest
@@ -250,14 +262,9 @@ impl Router {
                 }
             }
         }
-        if let Some(g) = group
-            .as_ref()
-            .filter(|g| g.may_store() && !g.live && !message.rerouted)
-        {
-            if !message.payload.is_empty() || !message.retain {
-                routed.ticket = routed.ticket.max(self.record_history(g, &message));
-            }
-        }
+        routed.ticket = routed
+            .ticket
+            .max(self.maybe_record_history(group.as_ref(), &message));
         if let (Some(durable), Some(id)) = (&self.durable, message_id) {
             // A retained message is stored in the same commit and cannot be cancelled.
             let waker = ack_waker.filter(|_| !message.retain);
@@ -522,6 +529,21 @@ impl Router {
         if restored > 0 {
             tracing::info!(restored, "waiting round-robin messages restored");
         }
+    }
+
+    /// Records a group message in its group's history unless it is not kept there: live
+    /// topics, no-store groups, a round-robin message routed again (recorded the first
+    /// time), and an empty retained message (which only clears the retained copy).
+    fn maybe_record_history(
+        &self,
+        group: Option<&GroupRoute>,
+        message: &Message,
+    ) -> Option<crate::durable::Ticket> {
+        let group = group.filter(|g| g.may_store() && !g.live && !message.rerouted)?;
+        if message.payload.is_empty() && message.retain {
+            return None;
+        }
+        self.record_history(group, message)
     }
 
     /// Adds a group message to its group's history, in the next commit.
