@@ -18,6 +18,8 @@ use std::sync::Arc;
 struct Snapshot {
     stats: Arc<Stats>,
     queued_messages: u64,
+    /// Addresses in authentication back-off now.
+    auth_backoff: u64,
     commit: Option<crate::stats::HistogramSnapshot>,
     webhooks: Vec<rookery_bridge::EndpointStats>,
 }
@@ -74,6 +76,29 @@ impl Collector for Snapshot {
             "rookery_connections_accepted",
             "Client connections accepted",
             get(&s.connections_total),
+        )?;
+        labelled_counters(
+            e,
+            "rookery_connections_refused",
+            "Connections refused by a limit, by reason",
+            "reason",
+            &[
+                ("max_connections", get(&s.refused_max_connections)),
+                ("connect_rate", get(&s.refused_connect_rate)),
+                ("auth_backoff", get(&s.refused_auth_backoff)),
+            ],
+        )?;
+        counter(
+            e,
+            "rookery_auth_failures",
+            "Failed logins (user name given, login refused)",
+            get(&s.auth_failures),
+        )?;
+        gauge(
+            e,
+            "rookery_auth_backoff_addresses",
+            "Source addresses in back-off after failed logins",
+            self.auth_backoff as i64,
         )?;
         counter(
             e,
@@ -296,6 +321,7 @@ pub fn render(broker: &Broker) -> String {
     let snapshot = Snapshot {
         stats: broker.stats.clone(),
         queued_messages: broker.registry.queued_messages(),
+        auth_backoff: broker.admission.in_backoff(std::time::Instant::now()) as u64,
         commit: broker.durable.as_ref().map(|d| d.commit_latency.snapshot()),
         webhooks: broker.router.events.stats(),
     };

@@ -33,6 +33,15 @@ pub struct Stats {
     pub storage_bytes: AtomicU64,
     pub acl_denied: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// Connections refused because `max_connections` were open.
+    pub refused_max_connections: AtomicU64,
+    /// Connections refused because their address connected faster than
+    /// `max_connect_rate`.
+    pub refused_connect_rate: AtomicU64,
+    /// CONNECTs refused because their address was in back-off after failed logins.
+    pub refused_auth_backoff: AtomicU64,
+    /// Failed logins (user name given, login refused).
+    pub auth_failures: AtomicU64,
     pub subscriptions: AtomicU64,
     pub retained: AtomicU64,
     pub sessions: AtomicU64,
@@ -62,6 +71,10 @@ impl Default for Stats {
             storage_bytes: AtomicU64::new(0),
             acl_denied: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
+            refused_max_connections: AtomicU64::new(0),
+            refused_connect_rate: AtomicU64::new(0),
+            refused_auth_backoff: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
             subscriptions: AtomicU64::new(0),
             retained: AtomicU64::new(0),
             sessions: AtomicU64::new(0),

@@ -57,6 +57,9 @@ pub(super) enum End {
 
 pub(super) struct Connection {
     pub broker: Arc<Broker>,
+    /// The configuration in force when the client connected: its limits hold for this
+    /// connection's life, whatever a reload changes later.
+    pub config: Arc<crate::config::Config>,
     pub id: u64,
     pub peer: SocketAddr,
     pub version: ProtocolVersion,
@@ -275,7 +278,7 @@ impl Connection {
         let keep_alive_limit = self.keep_alive + self.keep_alive / 2;
         let keep_alive_timer = tokio::time::sleep(keep_alive_limit.max(Duration::from_secs(1)));
         tokio::pin!(keep_alive_timer);
-        let max_packet = self.broker.config.mqtt.max_packet_size as usize;
+        let max_packet = self.config.mqtt.max_packet_size as usize;
         self.resend_inflight();
         // Packets a client sent right behind its CONNECT, read with it (pipelining, or
         // one WebSocket message or TLS record holding several packets).

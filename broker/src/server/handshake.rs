@@ -3,15 +3,17 @@
 
 use super::connection::Connection;
 use super::transport::{TransportRead, TransportWrite};
-use super::Broker;
+use super::{Broker, Refusal};
 use crate::acl::{Access, Identity};
 use crate::codec::{self, reason, ConnAck, Connect, MqttStr, Packet, Properties, ProtocolVersion};
+use crate::config::Config;
 use crate::session::{Attached, SessionState};
+use crate::stats::Stats;
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
@@ -27,8 +29,11 @@ pub(super) async fn accept<R: TransportRead, W: TransportWrite>(
     peer: SocketAddr,
     broker: Arc<Broker>,
 ) -> Option<Connection> {
-    let timeout = Duration::from_secs(broker.config.mqtt.connect_timeout_secs.max(1));
-    let max_packet = broker.config.mqtt.max_packet_size as usize;
+    // The limits in force now stay this connection's for its life, whatever a reload
+    // changes later (a v5 client was told some of them in CONNACK).
+    let config = broker.current();
+    let timeout = Duration::from_secs(config.mqtt.connect_timeout_secs.max(1));
+    let max_packet = config.mqtt.max_packet_size as usize;
     let first = tokio::time::timeout(timeout, read_first_packet(reader, rbuf, max_packet)).await;
     let connect = match first {
         Err(_) => {
@@ -62,7 +67,7 @@ pub(super) async fn accept<R: TransportRead, W: TransportWrite>(
         }
     };
     let version = connect.protocol;
-    match admit(*connect, peer, broker, version).await {
+    match admit(*connect, peer, broker, config, version).await {
         Ok(mut connection) => {
             if flush(writer, &mut connection.wbuf).await {
                 Some(connection)
@@ -83,6 +88,46 @@ pub(super) async fn accept<R: TransportRead, W: TransportWrite>(
             None
         }
     }
+}
+
+/// The largest CONNECT a refused connection may send to be answered.
+const REFUSED_CONNECT_MAX: usize = 64 * 1024;
+
+/// Answers a connection refused before its CONNECT was read (`Broker::admit_connection`):
+/// a CONNECT arriving within `wait` gets CONNACK with the refusal's reason code (v5 with a
+/// Reason String), then the connection closes [MQTT-3.2.2-7] (3.1.1: [MQTT-3.2.2-5]).
+/// Anything else closes it without an answer.
+pub(super) async fn refuse<R: TransportRead, W: TransportWrite>(
+    reader: &mut R,
+    writer: &mut W,
+    refusal: Refusal,
+    wait: Duration,
+) {
+    let mut rbuf = BytesMut::new();
+    let first = tokio::time::timeout(
+        wait,
+        read_first_packet(reader, &mut rbuf, REFUSED_CONNECT_MAX),
+    )
+    .await;
+    let Ok(Ok(Some(Packet::Connect(connect)))) = first else {
+        let _ = writer.shutdown().await;
+        return;
+    };
+    let properties = Properties {
+        reason_string: Some(MqttStr::from(refusal.describe())),
+        ..Default::default()
+    };
+    let refusal = Packet::ConnAck(ConnAck {
+        // [MQTT-3.2.2-6] (3.1.1: [MQTT-3.2.2-4]) no session with a refusal.
+        session_present: false,
+        reason_code: refusal.connack_code(),
+        properties,
+    });
+    let mut buf = BytesMut::new();
+    if codec::encode_packet(&refusal, connect.protocol, &mut buf).is_ok() {
+        let _ = tokio::time::timeout(wait, write_and_flush(writer, &buf)).await;
+    }
+    let _ = writer.shutdown().await;
 }
 
 async fn read_first_packet<R: TransportRead>(
@@ -118,24 +163,49 @@ async fn admit(
     connect: Connect,
     peer: SocketAddr,
     broker: Arc<Broker>,
+    settings: Arc<Config>,
     version: ProtocolVersion,
 ) -> Result<Connection, u8> {
-    let config = &broker.config.mqtt;
+    let config = &settings.mqtt;
+    // An address in back-off after failed logins is refused whatever it sends, correct
+    // credentials included (or the back-off would not slow down guessing): 0x8A Banned,
+    // 3.1.1: 5 Not authorized. Answered at once; nothing waits.
+    if let Some(left) = broker.admission.backoff_left(peer.ip(), Instant::now()) {
+        Stats::add(&broker.stats.refused_auth_backoff, 1);
+        tracing::debug!(%peer, left_ms = left.as_millis() as u64, "CONNECT refused: address in authentication back-off");
+        return Err(reason::BANNED);
+    }
     if connect.properties.authentication_method.is_some() {
         // No enhanced authentication method is supported [MQTT-4.12.0-1].
         return Err(reason::BAD_AUTHENTICATION_METHOD);
     }
     match &connect.username {
-        None if !broker.config.auth.allow_anonymous => return Err(reason::NOT_AUTHORIZED),
+        None if !settings.auth.allow_anonymous => return Err(reason::NOT_AUTHORIZED),
         None => {}
         // A user logs in with username = address, password = token [SPEC §3].
         Some(address) => {
             let password = connect.password.as_deref().unwrap_or_default();
             let directory = &broker.router.directory;
             if let Err(error) = directory.login(address, password, crate::groups::now_secs()) {
-                tracing::info!(%peer, username = %address.as_str(), ?error, "login refused");
+                Stats::add(&broker.stats.auth_failures, 1);
+                let backoff = broker
+                    .admission
+                    .login_failed(peer.ip(), &settings, Instant::now());
+                match backoff {
+                    Some(backoff) => tracing::warn!(
+                        %peer,
+                        username = %address.as_str(),
+                        ?error,
+                        backoff_secs = backoff.as_secs(),
+                        "login refused: the address is refused for the back-off"
+                    ),
+                    None => {
+                        tracing::info!(%peer, username = %address.as_str(), ?error, "login refused")
+                    }
+                }
                 return Err(reason::BAD_USER_NAME_OR_PASSWORD);
             }
+            broker.admission.login_succeeded(peer.ip());
         }
     }
     let mut assigned = None;
@@ -200,7 +270,7 @@ async fn admit(
         _ => config.max_session_expiry_secs,
     };
 
-    let limits = broker.outbox_limits();
+    let limits = super::outbox_limits(config);
     let connection_id = broker.next_connection_id();
     let (kick_tx, kick_rx) = oneshot::channel();
     let (core, mut state, present) = match broker.registry.attach(
@@ -307,6 +377,7 @@ async fn admit(
         .client_connected(client, level, connect.clean_start, keep_alive, peer);
     let mut connection = Connection {
         broker: broker.clone(),
+        config: settings.clone(),
         id: connection_id,
         peer,
         version,

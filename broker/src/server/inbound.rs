@@ -64,7 +64,7 @@ impl Connection {
             Stats::add(&self.broker.stats.acl_denied, 1);
         }
         tracing::debug!(client_id = %self.client_id, topic = %publish.topic, code, "publish refused");
-        if !self.version.is_v5() && self.broker.config.mqtt.disconnect_on_denied_publish {
+        if !self.version.is_v5() && self.config.mqtt.disconnect_on_denied_publish {
             self.end(End::Violation(code));
             return;
         }
@@ -92,7 +92,7 @@ impl Connection {
         if !self.resolve_topic_alias(&mut publish) {
             return;
         }
-        let config = &self.broker.config.mqtt;
+        let config = &self.config.mqtt;
         if publish.topic.len() > config.max_topic_length
             || publish.topic.split('/').count() > config.max_topic_levels
         {
@@ -201,7 +201,7 @@ impl Connection {
             }
             return true;
         };
-        if alias == 0 || alias > self.broker.config.mqtt.topic_alias_maximum {
+        if alias == 0 || alias > self.config.mqtt.topic_alias_maximum {
             // [MQTT-3.3.2-9] / [MQTT-3.3.2-10]
             self.end(End::Violation(reason::TOPIC_ALIAS_INVALID));
             return false;
@@ -368,7 +368,7 @@ impl Connection {
         subscription_id: Option<u32>,
         retained: &mut Vec<Delivery>,
     ) -> Result<u8, u8> {
-        let config = &self.broker.config.mqtt;
+        let config = &self.config.mqtt;
         if validate_topic_filter(filter).is_err()
             || filter.len() > config.max_topic_length
             || filter.split('/').count() > config.max_topic_levels
@@ -524,8 +524,7 @@ impl Connection {
                 self.end(End::Violation(reason::PROTOCOL_ERROR));
                 return;
             }
-            self.state.expiry_interval =
-                expiry.min(self.broker.config.mqtt.max_session_expiry_secs);
+            self.state.expiry_interval = expiry.min(self.config.mqtt.max_session_expiry_secs);
         }
         let with_will = disconnect.reason_code == reason::DISCONNECT_WITH_WILL;
         self.end(End::Disconnected { with_will });

@@ -6,6 +6,7 @@
 //! (`tls`), and WebSocket or WSS on the HTTP listener (`websocket`); `transport` is what
 //! lets one connection implementation serve them all.
 
+pub mod admission;
 mod connection;
 mod handshake;
 mod inbound;
@@ -25,6 +26,7 @@ use crate::router::retained::Retained;
 use crate::router::Router;
 use crate::session::{OutboxLimits, Registry, SessionCore, SessionState};
 use crate::stats::Stats;
+use arc_swap::ArcSwap;
 use rookery_storage::{Recovered, Store};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,9 +36,22 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// Connections refused at accept whose CONNECT is still being read to answer it.
+const MAX_REFUSING: usize = 256;
+/// How long a refused connection has to send its CONNECT for the refusal's CONNACK.
+const REFUSAL_WAIT: Duration = Duration::from_secs(2);
+
 /// What every connection task shares.
 pub struct Broker {
+    /// The configuration as started. What a reload can change (limits, `[auth]`
+    /// back-off, the ACL file, webhooks) is read from [`Broker::current`] instead.
     pub config: Config,
+    /// The configuration in force, replaced whole by a reload (SIGHUP).
+    live: ArcSwap<Config>,
+    /// Per-address connect rate and authentication back-off.
+    pub admission: admission::Admission,
+    /// Permits for refused TCP connections being answered ([`MAX_REFUSING`]).
+    refusing: Arc<tokio::sync::Semaphore>,
     /// The store and its commit worker; `None` with `durability = "none"`.
     pub durable: Option<Arc<Durable>>,
     pub router: Router,
@@ -46,7 +61,76 @@ pub struct Broker {
     shutdown: watch::Receiver<bool>,
 }
 
+/// Why a connection was refused before its CONNECT was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// `max_connections` are open.
+    MaxConnections,
+    /// The address connects faster than `max_connect_rate`.
+    ConnectRate,
+}
+
+impl Refusal {
+    /// The CONNACK reason code: 0x97 Quota exceeded (an administratively imposed limit)
+    /// and 0x9F Connection rate exceeded; 3.x clients get 3, Server unavailable (the
+    /// encoder's mapping).
+    pub(crate) fn connack_code(self) -> u8 {
+        match self {
+            Refusal::MaxConnections => crate::codec::reason::QUOTA_EXCEEDED,
+            Refusal::ConnectRate => crate::codec::reason::CONNECTION_RATE_EXCEEDED,
+        }
+    }
+
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "too many connections",
+            Refusal::ConnectRate => "connection rate exceeded",
+        }
+    }
+}
+
 impl Broker {
+    /// The configuration in force (after reloads): read it once per connection, and
+    /// keep that snapshot for the connection's life.
+    pub fn current(&self) -> Arc<Config> {
+        self.live.load_full()
+    }
+
+    /// Whether a new connection from `peer` may go on to its handshake: not at
+    /// `max_connections`, and its address within `max_connect_rate`. Counted and logged
+    /// when refused (the first refusal and every 1,000th after it, per reason).
+    pub(crate) fn admit_connection(&self, peer: SocketAddr) -> Result<(), Refusal> {
+        let config = self.live.load();
+        let current = Stats::get(&self.stats.connections_current) as usize;
+        let refusal = if current >= config.mqtt.max_connections {
+            Refusal::MaxConnections
+        } else if !self
+            .admission
+            .connect_allowed(peer.ip(), &config, Instant::now())
+        {
+            Refusal::ConnectRate
+        } else {
+            return Ok(());
+        };
+        let counter = match refusal {
+            Refusal::MaxConnections => &self.stats.refused_max_connections,
+            Refusal::ConnectRate => &self.stats.refused_connect_rate,
+        };
+        let total = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        if total == 1 || total % 1000 == 0 {
+            tracing::warn!(
+                %peer,
+                current,
+                total,
+                "connection refused: {}",
+                refusal.describe()
+            );
+        } else {
+            tracing::debug!(%peer, "connection refused: {}", refusal.describe());
+        }
+        Err(refusal)
+    }
+
     fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -75,15 +159,19 @@ impl Broker {
         }
     }
 
-    /// The queue limits every session gets.
+    /// The queue limits every session gets (from the configuration in force).
     pub fn outbox_limits(&self) -> OutboxLimits {
-        let config = &self.config.mqtt;
-        OutboxLimits {
-            max_messages: config.max_queued_messages.max(1),
-            max_bytes: config.max_queued_bytes.max(1),
-            policy: config.overflow_policy,
-            queue_qos0_offline: config.queue_qos0_offline,
-        }
+        outbox_limits(&self.live.load().mqtt)
+    }
+}
+
+/// The queue limits of `config`.
+pub fn outbox_limits(config: &crate::config::MqttConfig) -> OutboxLimits {
+    OutboxLimits {
+        max_messages: config.max_queued_messages.max(1),
+        max_bytes: config.max_queued_bytes.max(1),
+        policy: config.overflow_policy,
+        queue_qos0_offline: config.queue_qos0_offline,
     }
 }
 
@@ -264,7 +352,10 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let http_shutdown = shutdown_rx.clone();
     let broker = Arc::new(Broker {
+        live: ArcSwap::from_pointee(config.clone()),
         config,
+        admission: Default::default(),
+        refusing: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSING)),
         durable: durable.clone(),
         router,
         registry,
@@ -277,6 +368,7 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
     let mut tasks = vec![
         tokio::spawn(accept_loop(listener, broker.clone())),
         tokio::spawn(expire_sessions(broker.clone())),
+        tokio::spawn(sweep_admission(broker.clone())),
         tokio::spawn(crate::sys::publish_periodically(broker.clone())),
         tokio::spawn(flush_history_chunks(broker.clone())),
         tokio::spawn(events.flush_periodically()),
@@ -322,10 +414,8 @@ async fn accept_loop(listener: TcpListener, broker: Arc<Broker>) {
                 continue;
             }
         };
-        let current = Stats::get(&broker.stats.connections_current) as usize;
-        if current >= broker.config.mqtt.max_connections {
-            tracing::warn!(%peer, current, "max_connections reached: connection refused");
-            drop(stream);
+        if let Err(refusal) = broker.admit_connection(peer) {
+            refuse_tcp(&broker, stream, refusal);
             continue;
         }
         let _ = stream.set_nodelay(true);
@@ -333,6 +423,31 @@ async fn accept_loop(listener: TcpListener, broker: Arc<Broker>) {
         tokio::spawn(async move {
             connection::serve_tcp(stream, peer, broker).await;
         });
+    }
+}
+
+/// Answers a TCP connection refused at accept: its CONNECT gets CONNACK with the
+/// refusal's reason code, then the connection closes [MQTT-3.2.2-7] (3.1.1:
+/// [MQTT-3.2.2-5]). At most [`MAX_REFUSING`] are answered at once, each for at most
+/// [`REFUSAL_WAIT`]; beyond that a refused connection is closed at once, unanswered.
+fn refuse_tcp(broker: &Arc<Broker>, stream: tokio::net::TcpStream, refusal: Refusal) {
+    let Ok(permit) = broker.refusing.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = stream.into_split();
+        handshake::refuse(&mut reader, &mut writer, refusal, REFUSAL_WAIT).await;
+        drop(permit);
+    });
+}
+
+/// Evicts idle per-address entries (connect rate, failed logins) every 10 s.
+async fn sweep_admission(broker: Arc<Broker>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        broker.admission.sweep(&broker.current(), Instant::now());
     }
 }
 

@@ -6,7 +6,6 @@
 use super::connection::{self, ConnectionGuard};
 use super::{Broker, StartError};
 use crate::config::{ClientAuth, Config};
-use crate::stats::Stats;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -98,7 +97,8 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String
 
 /// Accepts MQTT/TLS connections: each one counts against `max_connections` from its
 /// first byte, like a TCP connection, and gets the MQTT session code once its TLS
-/// handshake succeeded.
+/// handshake succeeded. One refused at accept (`max_connections`, `max_connect_rate`) is
+/// closed before its handshake: sparing the handshake is the point of refusing it.
 async fn accept_mqtt(listener: TcpListener, acceptor: TlsAcceptor, broker: Arc<Broker>) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -110,9 +110,7 @@ async fn accept_mqtt(listener: TcpListener, acceptor: TlsAcceptor, broker: Arc<B
                 continue;
             }
         };
-        let current = Stats::get(&broker.stats.connections_current) as usize;
-        if current >= broker.config.mqtt.max_connections {
-            tracing::warn!(%peer, current, "max_connections reached: TLS connection refused");
+        if broker.admit_connection(peer).is_err() {
             continue;
         }
         let _ = stream.set_nodelay(true);

@@ -13,8 +13,7 @@
 //! Close frame 1003 (unsupported data).
 
 use super::connection::{self, ConnectionGuard};
-use super::Broker;
-use crate::stats::Stats;
+use super::{Broker, Refusal};
 use axum::extract::connect_info::Connected;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
@@ -77,14 +76,19 @@ pub async fn upgrade(
         )
             .into_response();
     }
-    let current = Stats::get(&broker.stats.connections_current) as usize;
-    if current >= broker.config.mqtt.max_connections {
-        tracing::warn!(%peer, current, "max_connections reached: WebSocket refused");
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+    match broker.admit_connection(peer) {
+        Ok(()) => {}
+        Err(Refusal::MaxConnections) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response()
+        }
+        Err(Refusal::ConnectRate) => {
+            return (StatusCode::TOO_MANY_REQUESTS, "connection rate exceeded").into_response()
+        }
     }
     // A message larger than the largest packet is refused by the WebSocket layer; the
     // margin lets the codec see (and answer 0x95 to) a packet just over the limit.
-    let max_message = (broker.config.mqtt.max_packet_size as usize).saturating_add(64 * 1024);
+    let max_packet = broker.current().mqtt.max_packet_size as usize;
+    let max_message = max_packet.saturating_add(64 * 1024);
     upgrade
         .max_message_size(max_message)
         .max_frame_size(max_message)
