@@ -1,8 +1,8 @@
 //! The `rookery` binary: configuration from file, environment and flags, then the broker
-//! until SIGINT or SIGTERM.
+//! until SIGINT or SIGTERM. SIGHUP reloads the configuration (see `server/reload.rs`).
 
 use clap::Parser;
-use rookery::Config;
+use rookery::{BrokerHandle, Config};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,12 +37,11 @@ struct Cli {
     log_json: bool,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    init_logging(cli.log_json);
+/// The configuration from the file, the environment and the flags.
+fn load_config(cli: &Cli) -> Result<Config, rookery::config::ConfigError> {
     let mut config = Config::load(cli.config.as_deref(), std::env::vars())?;
-    if let Some(dir) = cli.data_dir {
-        config.storage.data_dir = dir;
+    if let Some(dir) = &cli.data_dir {
+        config.storage.data_dir.clone_from(dir);
     }
     if let Some(addr) = cli.mqtt_listen {
         config.mqtt.listen = addr;
@@ -50,6 +49,13 @@ fn main() -> anyhow::Result<()> {
     if let Some(addr) = cli.http_listen {
         config.http.listen = addr;
     }
+    Ok(config)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let config = load_config(&cli)?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // Tokio runs the most recently woken task first (its "LIFO slot"). When the data of
     // several connections arrives in one I/O batch, that handles the last one first, so a
@@ -69,7 +75,7 @@ fn main() -> anyhow::Result<()> {
             println!("rookery: MQTT/TLS listening on {addr}");
         }
         println!("rookery: MQTT listening on {}", broker.mqtt_addr());
-        wait_for_signal().await;
+        run_until_stopped(&broker, &cli).await;
         tracing::info!("shutting down");
         broker.shutdown(Duration::from_secs(5)).await;
         anyhow::Ok(())
@@ -87,17 +93,56 @@ fn init_logging(json: bool) {
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+/// Serves until SIGINT or SIGTERM; each SIGHUP reloads the configuration.
+async fn run_until_stopped(broker: &BrokerHandle, cli: &Cli) {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    async fn next(signal: &mut Option<Signal>) {
+        let received = match signal {
+            Some(signal) => signal.recv().await.is_some(),
+            None => false,
+        };
+        if !received {
+            std::future::pending::<()>().await;
+        }
+    }
+    let mut terminate = signal(SignalKind::terminate()).ok();
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = next(&mut terminate) => return,
+            _ = next(&mut hangup) => reload(broker, cli).await,
+        }
+    }
+}
+
+/// Reads the configuration again, as at start, and applies what can change without a
+/// restart. A file that does not read, parse or validate changes nothing.
+async fn reload(broker: &BrokerHandle, cli: &Cli) {
+    tracing::info!(config = ?cli.config, "SIGHUP: reloading the configuration");
+    let config = match load_config(cli) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(%error, "configuration reload refused, nothing changed");
             return;
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+    match broker.reload(config).await {
+        Ok(report) => {
+            if !report.need_restart.is_empty() {
+                tracing::warn!(
+                    keys = ?report.need_restart,
+                    "configuration reload: these changes take effect only after a restart"
+                );
+            }
+            tracing::info!(
+                changed = ?report.changed,
+                acl_reread = report.acl_reread,
+                "configuration reloaded"
+            );
+        }
+        Err(error) => {
+            tracing::error!(%error, "configuration reload refused, nothing changed");
+        }
     }
 }

@@ -9,7 +9,12 @@
 //! message, may be lost in a crash within [`FLUSH_INTERVAL`]; connection and subscription
 //! events are written at once but nobody waits for them.
 //!
-//! Cost when no endpoint wants a kind: one array lookup ([`Events::wants`]).
+//! Cost when no endpoint wants a kind: one atomic load and one array lookup
+//! ([`Events::wants`]).
+//!
+//! A reload (SIGHUP) with changed `[[webhooks]]` replaces the endpoints in place
+//! ([`Events::reload`]): every clone (router, session registry, each session's outbox)
+//! shares one [`ArcSwapOption`], so all of them switch at once.
 
 mod kinds;
 pub mod outbox;
@@ -17,6 +22,7 @@ pub mod outbox;
 pub use kinds::Client;
 
 use crate::durable::{Durable, Ticket};
+use arc_swap::ArcSwapOption;
 use outbox::{DurableOutbox, Ids};
 use rookery_bridge::{delivery_id_string, Bridge, EndpointStats, Event, EventKind, WebhookConfig};
 use serde_json::{Map, Value};
@@ -40,10 +46,20 @@ pub struct Scope<'a> {
     pub gid: Option<u64>,
 }
 
-/// The broker's event source; without `[[webhooks]]` every call is a no-op.
+/// The broker's event source; without `[[webhooks]]` every call is a no-op. Clones share
+/// the endpoints, and see a reload's new ones at once.
 #[derive(Clone, Default)]
 pub struct Events {
-    inner: Option<Arc<Inner>>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// The endpoints in force; `None` without `[[webhooks]]`.
+    current: ArcSwapOption<Inner>,
+    /// Event and chunk ids, one sequence across reloads: an old generation still adding
+    /// events while a new one starts must not reuse a chunk id.
+    ids: Arc<Ids>,
 }
 
 struct Inner {
@@ -79,11 +95,85 @@ impl Events {
         endpoints: Vec<WebhookConfig>,
         durable: Option<Arc<Durable>>,
     ) -> Result<Events, String> {
+        let events = Events::disabled();
+        let inner = Inner::start(endpoints, durable, events.shared.ids.clone())?;
+        events.shared.current.store(inner.map(Arc::new));
+        Ok(events)
+    }
+
+    /// Replaces the endpoints (a reload): the new ones start, recovering what the store
+    /// holds, before the old ones stop, so that no event goes unrecorded in between.
+    ///
+    /// 1. The old outbox is sealed: its open chunks are written and closed, and what it
+    ///    adds from now on is written as a chunk of its own at once, never appended to.
+    ///    Once that is committed, every event the old generation took in so far is in a
+    ///    record the new one recovers; records it writes later are complete when written,
+    ///    so that the new generation, removing a record once it delivered what it read
+    ///    there, never removes an event it did not read.
+    /// 2. The new endpoints recover the outboxes (their own, and kept ones of endpoints
+    ///    that come back) and start delivering.
+    /// 3. The new generation is swapped in; the old one's open chunks are flushed and its
+    ///    workers stopped (its in-flight requests abandoned).
+    ///
+    /// Delivery stays at-least-once: an event both generations hold may be sent twice
+    /// (same delivery id); one the old generation took in after step 2 and did not
+    /// deliver before it stopped stays in the store, delivered after the next restart or
+    /// reload. On an error (the store cannot be read) nothing changes.
+    pub async fn reload(
+        &self,
+        endpoints: Vec<WebhookConfig>,
+        durable: Option<Arc<Durable>>,
+    ) -> Result<(), String> {
+        let old = self.shared.current.load_full();
+        if let Some(old) = &old {
+            let ops = old.outbox.seal();
+            if let (Some(durable), false) = (&durable, ops.is_empty()) {
+                let ticket = durable.submit(ops);
+                if durable.wait(ticket).await.is_err() {
+                    old.outbox.unseal();
+                    return Err("writing the open webhook outbox chunks failed".into());
+                }
+            }
+        }
+        let new = match Inner::start(endpoints, durable, self.shared.ids.clone()) {
+            Ok(new) => new,
+            Err(error) => {
+                if let Some(old) = &old {
+                    old.outbox.unseal();
+                }
+                return Err(error);
+            }
+        };
+        self.shared.current.store(new.map(Arc::new));
+        if let Some(old) = old {
+            old.outbox.flush();
+            old.bridge.shutdown().await;
+        }
+        Ok(())
+    }
+
+    /// Whether any endpoint takes events of this kind (before topic and gid filters).
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.shared
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|inner| !inner.wanted[kind_index(kind)].is_empty())
+    }
+}
+
+impl Inner {
+    /// Recovers the outboxes of `endpoints` and starts their workers; `None` without
+    /// endpoints.
+    fn start(
+        endpoints: Vec<WebhookConfig>,
+        durable: Option<Arc<Durable>>,
+        ids: Arc<Ids>,
+    ) -> Result<Option<Inner>, String> {
         if endpoints.is_empty() {
-            return Ok(Events::disabled());
+            return Ok(None);
         }
         let keys: Vec<u64> = endpoints.iter().map(|e| e.endpoint_key()).collect();
-        let ids = Arc::new(Ids::default());
         let recovered = DurableOutbox::recover(durable, &keys, ids.clone())?;
         ids.advance_past(recovered.last_id);
         let outbox = Arc::new(recovered.outbox);
@@ -105,23 +195,16 @@ impl Events {
             })
             .collect();
         let bridge = Bridge::start(endpoints, outbox.clone(), recovered.events);
-        Ok(Events {
-            inner: Some(Arc::new(Inner {
-                bridge,
-                outbox,
-                ids,
-                wanted,
-            })),
-        })
+        Ok(Some(Inner {
+            bridge,
+            outbox,
+            ids,
+            wanted,
+        }))
     }
+}
 
-    /// Whether any endpoint takes events of this kind (before topic and gid filters).
-    pub fn wants(&self, kind: EventKind) -> bool {
-        self.inner
-            .as_ref()
-            .is_some_and(|inner| !inner.wanted[kind_index(kind)].is_empty())
-    }
-
+impl Events {
     /// Emits one event: `fields` are its kind's own fields (called only if an endpoint
     /// takes it); `payload`, if any, is added per endpoint in its `payload_encoding`
     /// (`payload` and `encoding` fields). `awaited`: the caller will wait for the ticket
@@ -134,7 +217,8 @@ impl Events {
         payload: Option<&[u8]>,
         fields: impl FnOnce() -> Map<String, Value>,
     ) -> Option<Ticket> {
-        let inner = self.inner.as_ref()?;
+        let current = self.shared.current.load();
+        let inner = current.as_ref()?;
         let configs = inner.bridge.endpoints();
         let targets: Vec<usize> = inner.wanted[kind_index(kind)]
             .iter()
@@ -179,32 +263,40 @@ impl Events {
         ticket
     }
 
-    /// Writes events waiting in open outbox chunks; run every [`FLUSH_INTERVAL`].
+    /// Writes events waiting in open outbox chunks of the endpoints in force; run every
+    /// [`FLUSH_INTERVAL`] for the broker's life (a reload flushes the old endpoints'
+    /// chunks itself).
     pub async fn flush_periodically(self) {
-        let Some(inner) = self.inner else {
-            return;
-        };
         let mut tick = tokio::time::interval(FLUSH_INTERVAL);
         loop {
             tick.tick().await;
-            inner.outbox.flush();
+            if let Some(inner) = self.shared.current.load().as_ref() {
+                inner.outbox.flush();
+            }
         }
     }
 
-    pub fn endpoints(&self) -> &[WebhookConfig] {
-        self.inner
+    /// The endpoints in force, in configuration order.
+    pub fn endpoints(&self) -> Vec<WebhookConfig> {
+        self.shared
+            .current
+            .load()
             .as_ref()
-            .map_or(&[], |inner| inner.bridge.endpoints())
+            .map_or_else(Vec::new, |inner| inner.bridge.endpoints().to_vec())
     }
 
+    /// Per endpoint in force; a reload starts the counters afresh.
     pub fn stats(&self) -> Vec<EndpointStats> {
-        self.inner
+        self.shared
+            .current
+            .load()
             .as_ref()
             .map_or_else(Vec::new, |inner| inner.bridge.stats())
     }
 
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, String> {
-        let Some(inner) = &self.inner else {
+        let current = self.shared.current.load_full();
+        let Some(inner) = current else {
             return Ok(Vec::new());
         };
         Ok(inner
@@ -222,7 +314,8 @@ impl Events {
     /// Sends a dead letter again (same delivery id, fresh age); the ticket of its move
     /// back into the outbox.
     pub fn retry(&self, letter: DeadLetter) -> Option<Ticket> {
-        let inner = self.inner.as_ref()?;
+        let current = self.shared.current.load();
+        let inner = current.as_ref()?;
         let (event, ticket) = inner.outbox.revive(letter.endpoint, letter.event)?;
         inner.bridge.requeue(letter.endpoint, event);
         ticket
@@ -230,7 +323,7 @@ impl Events {
 
     /// Writes what is open and stops the delivery workers.
     pub async fn shutdown(&self) {
-        if let Some(inner) = &self.inner {
+        if let Some(inner) = self.shared.current.load_full() {
             inner.outbox.flush();
             inner.bridge.shutdown().await;
         }

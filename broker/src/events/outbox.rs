@@ -18,7 +18,7 @@ use crate::durable::{Durable, Ticket};
 use rookery_bridge::{Event, OutboxStore};
 use rookery_storage::{Op, Space, Store};
 use rustc_hash::FxHashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Events per chunk record.
@@ -191,6 +191,9 @@ pub struct DurableOutbox {
     durable: Option<Arc<Durable>>,
     ids: Arc<Ids>,
     endpoints: Vec<Mutex<Endpoint>>,
+    /// Being replaced by a reload ([`DurableOutbox::seal`]): every event is written as a
+    /// chunk of its own, closed at once.
+    sealed: AtomicBool,
 }
 
 /// What was in the outboxes at start.
@@ -258,6 +261,7 @@ impl DurableOutbox {
                 durable,
                 ids,
                 endpoints: endpoints.into_iter().map(Mutex::new).collect(),
+                sealed: AtomicBool::new(false),
             },
             events,
             last_id,
@@ -301,7 +305,8 @@ impl DurableOutbox {
         let chunk = open.id;
         let full = open.count >= CHUNK_EVENTS || open.bytes.len() >= CHUNK_BYTES;
         endpoint.chunk_of.insert(event.id, chunk);
-        if full {
+        // Sealed: the chunk is never appended to once written (see `seal`).
+        if full || self.sealed.load(Ordering::SeqCst) {
             endpoint.close_open(&mut ops);
         } else if awaited {
             ops.push(endpoint.put_open());
@@ -321,6 +326,31 @@ impl DurableOutbox {
             durable.submit_lazy(ops);
             None
         }
+    }
+
+    /// Before a reload starts the new endpoints, which read the store: closes every open
+    /// chunk (the ops write those with events left), and from now on writes each event
+    /// as a chunk of its own. A record the new generation reads is then never appended
+    /// to afterwards, so its removal once the new generation delivered the events it read
+    /// there removes no event it did not read.
+    pub fn seal(&self) -> Vec<Op> {
+        self.sealed.store(true, Ordering::SeqCst);
+        let mut ops = Vec::new();
+        if self.durable.is_none() {
+            return ops;
+        }
+        for endpoint in &self.endpoints {
+            endpoint
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .close_open(&mut ops);
+        }
+        ops
+    }
+
+    /// The reload failed: back to filling chunks.
+    pub fn unseal(&self) {
+        self.sealed.store(false, Ordering::SeqCst);
     }
 
     /// Writes the events of open chunks that no version holds yet (the timer's turn).

@@ -12,6 +12,7 @@ mod handshake;
 mod inbound;
 mod outbound;
 pub mod realtime;
+mod reload;
 mod tls;
 mod transport;
 pub mod websocket;
@@ -36,6 +37,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use reload::{ReloadError, Reloaded};
+
 /// Connections refused at accept whose CONNECT is still being read to answer it.
 const MAX_REFUSING: usize = 256;
 /// How long a refused connection has to send its CONNECT for the refusal's CONNACK.
@@ -52,6 +55,8 @@ pub struct Broker {
     pub admission: admission::Admission,
     /// Permits for refused TCP connections being answered ([`MAX_REFUSING`]).
     refusing: Arc<tokio::sync::Semaphore>,
+    /// Reloads run one at a time.
+    reloading: tokio::sync::Mutex<()>,
     /// The store and its commit worker; `None` with `durability = "none"`.
     pub durable: Option<Arc<Durable>>,
     pub router: Router,
@@ -356,6 +361,7 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
         config,
         admission: Default::default(),
         refusing: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSING)),
+        reloading: tokio::sync::Mutex::new(()),
         durable: durable.clone(),
         router,
         registry,

@@ -47,7 +47,7 @@ impl Delivery {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutboxLimits {
     pub max_messages: usize,
     pub max_bytes: usize,

@@ -281,6 +281,15 @@ impl Registry {
         self.len() == 0
     }
 
+    /// New queue limits for every session, online or offline (a reload); a queue over
+    /// a lowered limit takes no more until it is below it (`drop_oldest`: its oldest
+    /// go first).
+    pub fn set_limits_all(&self, limits: OutboxLimits) {
+        for entry in self.lock().values() {
+            entry.core.outbox.set_limits(limits);
+        }
+    }
+
     /// Messages queued in memory across all sessions (the outboxes' mirrored counts: no
     /// outbox lock taken), for `/metrics`.
     pub fn queued_messages(&self) -> u64 {

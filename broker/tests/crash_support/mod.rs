@@ -189,10 +189,12 @@ impl Workspace {
         for (key, value) in &settings.env {
             command.env(key, value);
         }
+        let mut config_path = None;
         if let Some(text) = &settings.config {
             let path = self.root.join(format!("config-{number}.toml"));
             std::fs::write(&path, text).expect("config file");
-            command.arg("--config").arg(path);
+            command.arg("--config").arg(&path);
+            config_path = Some(path);
         }
         let started = Instant::now();
         let mut child = command.spawn().expect("spawn the rookery binary");
@@ -246,6 +248,7 @@ impl Workspace {
             addr,
             log,
             number,
+            config_path,
         }
     }
 }
@@ -295,6 +298,8 @@ pub struct Broker {
     pub addr: SocketAddr,
     pub log: PathBuf,
     number: usize,
+    /// The `--config` file it was started with (rewrite it, then [`Broker::sighup`]).
+    pub config_path: Option<PathBuf>,
 }
 
 impl Broker {
@@ -310,6 +315,15 @@ impl Broker {
             self.pid,
             started.elapsed()
         );
+    }
+
+    /// SIGHUP by PID (a configuration reload).
+    pub fn sighup(&self) {
+        let sent = std::process::Command::new("kill")
+            .args(["-HUP", &self.pid.to_string()])
+            .status()
+            .expect("run kill(1)");
+        assert!(sent.success(), "kill -HUP {} failed: {sent}", self.pid);
     }
 
     /// SIGTERM by PID; returns the exit status, or `Err` if it did not exit within `limit`
