@@ -262,7 +262,10 @@ class Run:
     error: str | None = None
 
 
-def run_one(broker: Broker, sc: Scenario, rep: int, opts: argparse.Namespace) -> Run:
+def run_one(broker: Broker, sc: Scenario, rep: int, opts: argparse.Namespace,
+            after_load=None) -> Run:
+    """One load run on a fresh broker. `after_load(broker, run)`, if given, is called
+    once the load run is over and its result parsed, before the broker is stopped."""
     run = Run(broker.name, sc.name, rep)
     try:
         broker.start()
@@ -295,6 +298,8 @@ def run_one(broker: Broker, sc: Scenario, rep: int, opts: argparse.Namespace) ->
             run.error = run.result["error"]
         if broker.proc.poll() is not None:
             run.error = (run.error or "") + f" broker died (exit {broker.proc.returncode}); log: {tail(broker.log)}"
+        elif after_load is not None:
+            after_load(broker, run)
     finally:
         broker.stop()
     return run
