@@ -23,8 +23,10 @@ use std::sync::{Arc, Mutex};
 
 /// Events per chunk record.
 pub const CHUNK_EVENTS: usize = 64;
-/// Bytes per chunk record: a chunk is rewritten whole while it fills.
-pub const CHUNK_BYTES: usize = 32 * 1024;
+/// Bytes per chunk record: a chunk is rewritten whole while it fills. Measured with a
+/// dead endpoint at ~77,000 QoS 1 events/s: broker RSS ~290 MiB with 4 KiB chunks, ~700
+/// MiB with 32 KiB (sled keeps the rewritten versions), at the same throughput.
+pub const CHUNK_BYTES: usize = 4 * 1024;
 
 /// Unique ids for events and chunks, increasing across restarts: microseconds since the
 /// epoch, or the last id plus one when faster (SPEC §12: ids come from one place).
