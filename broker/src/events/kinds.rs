@@ -21,6 +21,22 @@ pub struct Client<'a> {
 }
 
 impl Events {
+    /// An event about one client: its id and username, then `fields` (built only if an
+    /// endpoint takes the kind).
+    fn client_event(&self, kind: EventKind, client: Client<'_>, fields: impl FnOnce() -> Value) {
+        if !self.wants(kind) {
+            return;
+        }
+        self.emit(kind, Scope::default(), false, None, || {
+            let mut map = object(json!({
+                "client_id": client.client_id,
+                "username": client.username,
+            }));
+            map.extend(object(fields()));
+            map
+        });
+    }
+
     pub fn client_connected(
         &self,
         client: Client<'_>,
@@ -29,85 +45,39 @@ impl Events {
         keep_alive: u16,
         peer: std::net::SocketAddr,
     ) {
-        if !self.wants(EventKind::ClientConnected) {
-            return;
-        }
-        self.emit(
-            EventKind::ClientConnected,
-            Scope::default(),
-            false,
-            None,
-            || {
-                object(json!({
-                    "client_id": client.client_id,
-                    "username": client.username,
-                    "protocol": protocol,
-                    "clean_start": clean_start,
-                    "keep_alive": keep_alive,
-                    "peer": peer.to_string(),
-                }))
-            },
-        );
+        self.client_event(EventKind::ClientConnected, client, || {
+            json!({
+                "protocol": protocol,
+                "clean_start": clean_start,
+                "keep_alive": keep_alive,
+                "peer": peer.to_string(),
+            })
+        });
     }
 
     /// `reason`: `normal`, `normal_with_will`, `lost` (socket closed or keep-alive),
-    /// `protocol_error` (with `reason_code`), `taken_over`, `shutdown`.
+    /// `protocol_error` (with `reason_code`), `shutdown`.
     pub fn client_disconnected(&self, client: Client<'_>, reason: &str, reason_code: Option<u8>) {
-        if !self.wants(EventKind::ClientDisconnected) {
-            return;
-        }
-        self.emit(
+        self.client_event(
             EventKind::ClientDisconnected,
-            Scope::default(),
-            false,
-            None,
-            || {
-                object(json!({
-                    "client_id": client.client_id,
-                    "username": client.username,
-                    "reason": reason,
-                    "reason_code": reason_code,
-                }))
-            },
+            client,
+            || json!({"reason": reason, "reason_code": reason_code}),
         );
     }
 
     pub fn subscribed(&self, client: Client<'_>, filter: &str, qos: u8) {
-        if !self.wants(EventKind::SessionSubscribed) {
-            return;
-        }
-        self.emit(
+        self.client_event(
             EventKind::SessionSubscribed,
-            Scope::default(),
-            false,
-            None,
-            || {
-                object(json!({
-                    "client_id": client.client_id,
-                    "username": client.username,
-                    "filter": filter,
-                    "qos": qos,
-                }))
-            },
+            client,
+            || json!({"filter": filter, "qos": qos}),
         );
     }
 
     pub fn unsubscribed(&self, client: Client<'_>, filter: &str) {
-        if !self.wants(EventKind::SessionUnsubscribed) {
-            return;
-        }
-        self.emit(
+        self.client_event(
             EventKind::SessionUnsubscribed,
-            Scope::default(),
-            false,
-            None,
-            || {
-                object(json!({
-                    "client_id": client.client_id,
-                    "username": client.username,
-                    "filter": filter,
-                }))
-            },
+            client,
+            || json!({"filter": filter}),
         );
     }
 
