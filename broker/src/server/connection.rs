@@ -409,6 +409,14 @@ impl Connection {
         let _ = tokio::time::timeout(FLUSH_ON_CLOSE, write).await;
     }
 
+    /// This connection's client as webhook events name it.
+    pub(super) fn event_client(&self) -> crate::events::Client<'_> {
+        crate::events::Client {
+            client_id: &self.client_id,
+            username: self.username.as_deref(),
+        }
+    }
+
     async fn close<R: TransportRead, W: TransportWrite>(
         mut self,
         end: End,
@@ -444,10 +452,7 @@ impl Connection {
             End::Violation(code) => ("protocol_error", Some(code)),
             End::Shutdown => ("shutdown", None),
         };
-        let client = crate::events::Client {
-            client_id: &self.client_id,
-            username: self.username.as_deref(),
-        };
+        let client = self.event_client();
         self.broker
             .router
             .events

@@ -411,10 +411,7 @@ impl Connection {
             options,
             subscription_id,
         );
-        let client = crate::events::Client {
-            client_id: &self.client_id,
-            username: self.username.as_deref(),
-        };
+        let client = self.event_client();
         self.broker
             .router
             .events
@@ -497,10 +494,7 @@ impl Connection {
                 let existed = self.state.subscriptions.remove(filter.as_str()).is_some();
                 self.broker.router.unsubscribe(&self.core, filter);
                 if existed {
-                    let client = crate::events::Client {
-                        client_id: &self.client_id,
-                        username: self.username.as_deref(),
-                    };
+                    let client = self.event_client();
                     self.broker.router.events.unsubscribed(client, filter);
                     reason::SUCCESS
                 } else {
