@@ -298,18 +298,21 @@ impl WebhookConfig {
     /// A payload as JSON text plus the name of the encoding used (`"utf8"` or `"base64"`),
     /// for the body's payload and encoding fields.
     pub fn encode_payload(&self, payload: &[u8]) -> (String, &'static str) {
-        let as_base64 = || {
-            (
+        match self.payload_text(payload) {
+            Some(text) => (text.to_owned(), "utf8"),
+            None => (
                 base64::engine::general_purpose::STANDARD.encode(payload),
                 "base64",
-            )
-        };
+            ),
+        }
+    }
+
+    /// The payload as text where this endpoint's encoding sends it as text (`"utf8"`);
+    /// `None`: it goes base64. [`WebhookConfig::encode_payload`] without the copy.
+    pub fn payload_text<'a>(&self, payload: &'a [u8]) -> Option<&'a str> {
         match self.payload_encoding {
-            PayloadEncoding::Base64 => as_base64(),
-            PayloadEncoding::Auto | PayloadEncoding::Utf8 => match std::str::from_utf8(payload) {
-                Ok(text) => (text.to_owned(), "utf8"),
-                Err(_) => as_base64(),
-            },
+            PayloadEncoding::Base64 => None,
+            PayloadEncoding::Auto | PayloadEncoding::Utf8 => std::str::from_utf8(payload).ok(),
         }
     }
 }

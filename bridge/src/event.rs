@@ -118,12 +118,24 @@ impl Event {
     /// The storage form: `[version=1][id u64 BE][kind u8][created_ms u64 BE][body...]`.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_LEN + self.body.len());
+        self.encode_into(&mut out);
+        out
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
         out.push(STORAGE_VERSION);
         out.extend_from_slice(&self.id.to_be_bytes());
         out.push(self.kind.storage_code());
         out.extend_from_slice(&self.created_ms.to_be_bytes());
         out.extend_from_slice(&self.body);
-        out
+    }
+
+    /// Appends `[length u32 big-endian][encode()]` to `out`: how stores frame events one
+    /// after another in a record, without an intermediate buffer.
+    pub fn encode_framed(&self, out: &mut Vec<u8>) {
+        let length = (HEADER_LEN + self.body.len()) as u32;
+        out.extend_from_slice(&length.to_be_bytes());
+        self.encode_into(out);
     }
 
     /// Reads the storage form back; `None` for anything that is not one (never panics).

@@ -23,6 +23,14 @@
 //! does. With `batched` durability tickets complete when the batch is applied (without
 //! fsync) and a timer flushes every `flush_interval_ms`, so acknowledgements wait for the
 //! apply only; with `none` there is no store at all.
+//!
+//! **Record sources** ([`RecordSource`], the webhook outboxes): rather than submitting an
+//! operation per item, a source buffers items itself and is drained into the batch at
+//! every commit, after the slots are taken; an item that must be durable only takes a
+//! [`Durable::barrier`] ticket. A commit that covers the barrier drains after it was
+//! pushed, so it holds every item buffered before. One record per source per commit,
+//! written once: at ~100,000 events/s an operation (or a rewritten chunk) per event cost
+//! most of a core.
 
 pub mod capacity;
 pub mod sessions;
@@ -329,8 +337,15 @@ impl Committed {
     }
 }
 
+/// Buffers its own items and hands them over as operations at each commit (see "Record
+/// sources"). `drain` runs with no lock of `Durable` held.
+pub trait RecordSource: Send + Sync {
+    fn drain(&self, ops: &mut Vec<Op>);
+}
+
 struct Slot {
-    /// `None` where the operation was cancelled before it reached the store.
+    /// `None` where the operation was cancelled before it reached the store, and for a
+    /// barrier.
     op: Option<Op>,
     /// When it may be written (see "Write-behind").
     due: Instant,
@@ -407,6 +422,8 @@ pub struct Durable {
     commit_gate: tokio::sync::Mutex<()>,
     /// How long each commit (apply and fsync) took, for `/metrics`.
     pub commit_latency: crate::stats::Histogram,
+    /// Drained at every commit; dropped sources are pruned.
+    sources: Mutex<Vec<std::sync::Weak<dyn RecordSource>>>,
 }
 
 impl Durable {
@@ -437,6 +454,7 @@ impl Durable {
             write_behind,
             commit_gate: tokio::sync::Mutex::new(()),
             commit_latency: crate::stats::Histogram::new(&crate::stats::COMMIT_BUCKETS),
+            sources: Mutex::new(Vec::new()),
         })
     }
 
@@ -466,6 +484,47 @@ impl Durable {
     /// the last of them, as it may lose any QoS 0 message.
     pub fn submit_lazy(&self, ops: impl IntoIterator<Item = Op>) {
         self.submit_due(ops, Instant::now() + self.write_behind, false);
+    }
+
+    /// Drains `source` at every commit for as long as it lives.
+    pub fn add_source(&self, source: std::sync::Weak<dyn RecordSource>) {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        sources.retain(|s| s.strong_count() > 0);
+        sources.push(source);
+    }
+
+    /// A ticket for what a record source buffered before this call: the commit covering
+    /// it drains every source afterwards. `awaited`: due at once and fsynced; otherwise
+    /// due after `write_behind` and fsynced by a later commit (like [`Durable::submit_lazy`]).
+    pub fn barrier(&self, awaited: bool) -> Ticket {
+        let now = Instant::now();
+        let due = if awaited {
+            now
+        } else {
+            now + self.write_behind
+        };
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.slots.push_back(Slot { op: None, due });
+        if awaited {
+            pending.awaited_through = pending.end();
+        }
+        let ticket = pending.end();
+        drop(pending);
+        self.wake.notify_one();
+        ticket
+    }
+
+    fn drain_sources(&self, ops: &mut Vec<Op>) {
+        let sources: Vec<_> = self
+            .sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        for source in sources {
+            source.drain(ops);
+        }
     }
 
     fn submit_due(&self, ops: impl IntoIterator<Item = Op>, at: Instant, awaited: bool) -> Ticket {
@@ -580,7 +639,7 @@ impl Durable {
     /// batch.
     async fn commit_pending(&self, flush: bool, now: Option<Instant>) {
         let _gate = self.commit_gate.lock().await;
-        let (ops, start, end, awaited) = {
+        let (mut ops, start, end, awaited) = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             let awaited = pending.awaited_through > pending.base;
             let taken = pending.take(now);
@@ -592,6 +651,8 @@ impl Durable {
             );
             (taken.0, taken.1, taken.2, awaited)
         };
+        // After the take: whatever a source buffered before a barrier taken here is in.
+        self.drain_sources(&mut ops);
         // Only lazy operations: applied now, fsynced by the next flush.
         let flush = flush && awaited;
         let ticket = (start, end);

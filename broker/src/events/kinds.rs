@@ -27,13 +27,10 @@ impl Events {
         if !self.wants(kind) {
             return;
         }
-        self.emit(kind, Scope::default(), false, None, || {
-            let mut map = object(json!({
-                "client_id": client.client_id,
-                "username": client.username,
-            }));
-            map.extend(object(fields()));
-            map
+        self.emit(kind, Scope::default(), false, None, |f| {
+            f.put("client_id", client.client_id);
+            f.put("username", client.username);
+            f.put_all(object(fields()));
         });
     }
 
@@ -99,13 +96,11 @@ impl Events {
                 _ => None,
             });
         let scope = Scope { topic, gid };
-        self.emit(EventKind::MessageDropped, scope, false, None, || {
-            object(json!({
-                "topic": topic,
-                "gid": gid,
-                "client_id": client_id,
-                "reason": reason,
-            }))
+        self.emit(EventKind::MessageDropped, scope, false, None, |f| {
+            f.put("topic", topic);
+            f.put("gid", gid);
+            f.put("client_id", client_id);
+            f.put("reason", reason);
         });
     }
 
@@ -122,6 +117,6 @@ impl Events {
             return None;
         }
         let scope = Scope { topic: None, gid };
-        self.emit(kind, scope, true, None, || fields)
+        self.emit(kind, scope, true, None, |f| f.put_all(fields))
     }
 }

@@ -1,13 +1,14 @@
 //! Broker events for the webhook bridge (SPEC §9): where the broker says what happened
 //! (a message published or dropped, a client connected, a group changed), renders each
-//! event's JSON once per interested endpoint, stores it in the endpoint's durable outbox
-//! (`outbox.rs`) and hands it to `rookery-bridge`, which delivers it.
+//! event's JSON once per interested endpoint (written straight into its buffer:
+//! [`Fields`]), stores it in the endpoint's durable outbox (`outbox.rs`) and hands it to
+//! `rookery-bridge`, which delivers it.
 //!
 //! Durability follows what the event describes: the event of a QoS >= 1 PUBLISH, and of a
 //! management API change, is durable before the PUBACK / the API answer (they wait for its
 //! ticket, like for the message or the change itself); a QoS 0 message's event, like the
-//! message, may be lost in a crash within [`FLUSH_INTERVAL`]; connection and subscription
-//! events are written at once but nobody waits for them.
+//! message, may be lost in a crash before the next commit (within the store's
+//! `write_behind_ms`); connection and subscription events likewise, nobody waits for them.
 //!
 //! Cost when no endpoint wants a kind: one atomic load and one array lookup
 //! ([`Events::wants`]).
@@ -27,10 +28,31 @@ use outbox::{DurableOutbox, Ids};
 use rookery_bridge::{delivery_id_string, Bridge, EndpointStats, Event, EventKind, WebhookConfig};
 use serde_json::{Map, Value};
 use std::sync::Arc;
-use std::time::Duration;
 
-/// How often open outbox chunks holding unwritten events are written.
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// An event's JSON body as it is written: `{"event":…,"delivery":…,"ts":…` so far, then
+/// each field appended. Writing the body directly costs a fraction of building a
+/// `serde_json::Map` (a `BTreeMap` of owned strings) and serializing it, per event.
+pub struct Fields {
+    body: Vec<u8>,
+}
+
+impl Fields {
+    /// Appends `"key":value`. Keys are the caller's and distinct.
+    pub fn put(&mut self, key: &str, value: impl serde::Serialize) {
+        self.body.push(b',');
+        // Writing into a Vec fails only for a value that cannot be JSON (a map with
+        // non-string keys): none of ours.
+        let _ = serde_json::to_writer(&mut self.body, key);
+        self.body.push(b':');
+        let _ = serde_json::to_writer(&mut self.body, &value);
+    }
+
+    pub fn put_all(&mut self, fields: Map<String, Value>) {
+        for (key, value) in fields {
+            self.put(&key, value);
+        }
+    }
+}
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -104,16 +126,14 @@ impl Events {
     /// Replaces the endpoints (a reload): the new ones start, recovering what the store
     /// holds, before the old ones stop, so that no event goes unrecorded in between.
     ///
-    /// 1. The old outbox is sealed: its open chunks are written and closed, and what it
-    ///    adds from now on is written as a chunk of its own at once, never appended to.
-    ///    Once that is committed, every event the old generation took in so far is in a
-    ///    record the new one recovers; records it writes later are complete when written,
-    ///    so that the new generation, removing a record once it delivered what it read
-    ///    there, never removes an event it did not read.
+    /// 1. The old outbox's staged events are committed: every event the old generation
+    ///    took in so far is in a record the new one recovers. Records are written once,
+    ///    never appended to, so the new generation, removing a record once it delivered
+    ///    what it read there, never removes an event it did not read.
     /// 2. The new endpoints recover the outboxes (their own, and kept ones of endpoints
     ///    that come back) and start delivering.
-    /// 3. The new generation is swapped in; the old one's open chunks are flushed and its
-    ///    workers stopped (its in-flight requests abandoned).
+    /// 3. The new generation is swapped in; the old one's workers are stopped (its
+    ///    in-flight requests abandoned).
     ///
     /// Delivery stays at-least-once: an event both generations hold may be sent twice
     /// (same delivery id); one the old generation took in after step 2 and did not
@@ -126,27 +146,17 @@ impl Events {
     ) -> Result<(), String> {
         let old = self.shared.current.load_full();
         if let Some(old) = &old {
-            let ops = old.outbox.seal();
-            if let (Some(durable), false) = (&durable, ops.is_empty()) {
-                let ticket = durable.submit(ops);
+            if let (Some(durable), Some(ticket)) = (&durable, old.outbox.commit_staged()) {
                 if durable.wait(ticket).await.is_err() {
-                    old.outbox.unseal();
-                    return Err("writing the open webhook outbox chunks failed".into());
+                    return Err("writing the staged webhook outbox events failed".into());
                 }
             }
         }
-        let new = match Inner::start(endpoints, durable, self.shared.ids.clone()) {
-            Ok(new) => new,
-            Err(error) => {
-                if let Some(old) = &old {
-                    old.outbox.unseal();
-                }
-                return Err(error);
-            }
-        };
+        let new = Inner::start(endpoints, durable, self.shared.ids.clone())?;
         self.shared.current.store(new.map(Arc::new));
         if let Some(old) = old {
-            old.outbox.flush();
+            // What it staged since goes with the next commit (the outbox stays a record
+            // source until the last clone of it is gone).
             old.bridge.shutdown().await;
         }
         Ok(())
@@ -177,6 +187,7 @@ impl Inner {
         let recovered = DurableOutbox::recover(durable, &keys, ids.clone())?;
         ids.advance_past(recovered.last_id);
         let outbox = Arc::new(recovered.outbox);
+        outbox.attach();
         let total: usize = recovered.events.iter().map(Vec::len).sum();
         if total > 0 {
             tracing::info!(events = total, "undelivered webhook events recovered");
@@ -205,7 +216,7 @@ impl Inner {
 }
 
 impl Events {
-    /// Emits one event: `fields` are its kind's own fields (called only if an endpoint
+    /// Emits one event: `fields` writes its kind's own fields (called only if an endpoint
     /// takes it); `payload`, if any, is added per endpoint in its `payload_encoding`
     /// (`payload` and `encoding` fields). `awaited`: the caller will wait for the ticket
     /// before acknowledging what the event describes.
@@ -215,65 +226,65 @@ impl Events {
         scope: Scope<'_>,
         awaited: bool,
         payload: Option<&[u8]>,
-        fields: impl FnOnce() -> Map<String, Value>,
+        fields: impl FnOnce(&mut Fields),
     ) -> Option<Ticket> {
         let current = self.shared.current.load();
         let inner = current.as_ref()?;
         let configs = inner.bridge.endpoints();
-        let targets: Vec<usize> = inner.wanted[kind_index(kind)]
+        let mut targets = inner.wanted[kind_index(kind)]
             .iter()
             .copied()
             .filter(|&i| configs[i].accepts(kind, scope.topic, scope.gid))
-            .collect();
-        if targets.is_empty() {
-            return None;
-        }
+            .peekable();
+        targets.peek()?;
         let id = inner.ids.next();
         let created_ms = now_ms();
-        let mut body = Map::new();
-        body.insert("event".into(), kind.as_str().into());
-        body.insert("delivery".into(), delivery_id_string(id).into());
-        body.insert("ts".into(), created_ms.into());
-        body.extend(fields());
-        let mut ops = Vec::new();
-        let mut events = Vec::with_capacity(targets.len());
-        for index in targets {
-            let mut body = body.clone();
+        let mut head = Fields {
+            body: Vec::with_capacity(256 + payload.map_or(0, |p| p.len() * 4 / 3)),
+        };
+        head.body.extend_from_slice(b"{\"event\":\"");
+        head.body.extend_from_slice(kind.as_str().as_bytes());
+        head.body.extend_from_slice(b"\",\"delivery\":\"");
+        head.body
+            .extend_from_slice(delivery_id_string(id).as_bytes());
+        head.body.extend_from_slice(b"\"");
+        head.put("ts", created_ms);
+        fields(&mut head);
+        let mut ticket = None;
+        while let Some(index) = targets.next() {
+            let mut body = if targets.peek().is_some() {
+                Fields {
+                    body: head.body.clone(),
+                }
+            } else {
+                std::mem::replace(&mut head, Fields { body: Vec::new() })
+            };
             if let Some(payload) = payload {
-                let (text, encoding) = configs[index].encode_payload(payload);
-                body.insert("payload".into(), text.into());
-                body.insert("encoding".into(), encoding.into());
+                match configs[index].payload_text(payload) {
+                    Some(text) => {
+                        body.put("payload", text);
+                        body.put("encoding", "utf8");
+                    }
+                    None => {
+                        use base64::Engine;
+                        let encoded = base64::engine::general_purpose::STANDARD.encode(payload);
+                        body.put("payload", encoded);
+                        body.put("encoding", "base64");
+                    }
+                }
             }
+            body.body.push(b'}');
             let event = Event {
                 id,
                 kind,
                 created_ms,
-                body: serde_json::to_vec(&Value::Object(body))
-                    .unwrap_or_default()
-                    .into(),
+                body: body.body.into(),
             };
-            ops.extend(inner.outbox.add(index, &event, awaited));
-            events.push((index, event));
-        }
-        // Stored (or pending) before the bridge may deliver and remove it.
-        let ticket = inner.outbox.submit(ops, awaited);
-        for (index, event) in events {
+            // Stored (staged, with its ticket) before the bridge may deliver and remove it.
+            ticket = ticket.max(inner.outbox.add(index, &event, awaited));
             inner.bridge.enqueue(index, event);
         }
         ticket
-    }
-
-    /// Writes events waiting in open outbox chunks of the endpoints in force; run every
-    /// [`FLUSH_INTERVAL`] for the broker's life (a reload flushes the old endpoints'
-    /// chunks itself).
-    pub async fn flush_periodically(self) {
-        let mut tick = tokio::time::interval(FLUSH_INTERVAL);
-        loop {
-            tick.tick().await;
-            if let Some(inner) = self.shared.current.load().as_ref() {
-                inner.outbox.flush();
-            }
-        }
     }
 
     /// The endpoints in force, in configuration order.
@@ -321,10 +332,9 @@ impl Events {
         ticket
     }
 
-    /// Writes what is open and stops the delivery workers.
+    /// Stops the delivery workers; what is staged goes with the store's last commit.
     pub async fn shutdown(&self) {
         if let Some(inner) = self.shared.current.load_full() {
-            inner.outbox.flush();
             inner.bridge.shutdown().await;
         }
     }

@@ -2,31 +2,29 @@
 //! in the store's `Outbox` space, so that a restart or a `kill -9` loses none that must
 //! survive.
 //!
-//! Events are stored in chunks (up to [`CHUNK_EVENTS`] events or [`CHUNK_BYTES`]), one
-//! record per chunk, not one per event: a record costs several microseconds of commit
-//! work, which at tens of thousands of events a second would take a core. A chunk is
-//! removed once every event in it has left the outbox (delivered, dropped by the overflow
-//! policy, or buried as a dead letter). Delivery is at-least-once, so a crash before the
-//! removal only sends some delivered events again; receivers deduplicate by delivery id.
+//! Events are stored in records written once, never rewritten: each endpoint buffers the
+//! events it takes in ("staged"), and every commit of the store drains the buffer into one
+//! record ([`RecordSource`]), so an event costs a copy into the buffer and, if it must be
+//! durable, a barrier ticket; a record covers whatever arrived during one commit (up to
+//! [`RECORD_BYTES`] each). A record is removed once every event in it has left the outbox
+//! (delivered, dropped by the overflow policy, or buried as a dead letter); one whose
+//! events all left before its commit is never written. Delivery is at-least-once, so a
+//! crash before the removal only sends some delivered events again; receivers deduplicate
+//! by delivery id.
 //!
-//! The chunk being filled is put whenever an event in it must be durable (it stays open,
-//! and `Durable` replaces a pending version of it in place) and otherwise by
-//! [`DurableOutbox::flush`] on a timer. A chunk whose events all left before it was ever
-//! written is never written at all: with a healthy endpoint most are.
+//! Measured with a dead endpoint (QoS 1, 20 publishers): rewriting a 64-event chunk per
+//! awaited event ran at 76,000 events/s; see the README's webhook benchmark for now.
 
-use crate::durable::{Durable, Ticket};
+use crate::durable::{Durable, RecordSource, Ticket};
 use rookery_bridge::{Event, OutboxStore};
 use rookery_storage::{Op, Space, Store};
 use rustc_hash::FxHashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Events per chunk record.
-pub const CHUNK_EVENTS: usize = 64;
-/// Bytes per chunk record: a chunk is rewritten whole while it fills. Measured with a
-/// dead endpoint at ~77,000 QoS 1 events/s: broker RSS ~290 MiB with 4 KiB chunks, ~700
-/// MiB with 32 KiB (sled keeps the rewritten versions), at the same throughput.
-pub const CHUNK_BYTES: usize = 4 * 1024;
+/// A record grows to about this size before the next staged events start another one,
+/// so that a slow commit under a flood does not make one huge value.
+pub const RECORD_BYTES: usize = 64 * 1024;
 
 /// Unique ids for events and chunks, increasing across restarts: microseconds since the
 /// epoch, or the last id plus one when faster (SPEC §12: ids come from one place).
@@ -104,85 +102,82 @@ pub fn decode_dead_letter(value: &[u8]) -> Option<(String, Event)> {
     Some((error.to_string(), Event::decode(value.get(2 + length..)?)?))
 }
 
-#[derive(Default)]
-struct OpenChunk {
-    /// The chunk's record id (0: no chunk open).
+/// A record not written yet: staged events.
+struct Unwritten {
     id: u64,
-    count: usize,
-    left: usize,
     bytes: Vec<u8>,
-    /// Some version is in the store (or pending).
-    written: bool,
-    /// Holds events no version written so far has.
-    dirty: bool,
 }
 
 #[derive(Default)]
 struct Endpoint {
     key: u64,
-    open: OpenChunk,
-    /// Closed chunks: events still in the outbox, by chunk id.
-    closed: FxHashMap<u64, usize>,
-    /// Which chunk each event in the outbox is in.
-    chunk_of: FxHashMap<u64, u64>,
+    /// Records staged for the next commit, oldest first (usually one).
+    unwritten: Vec<Unwritten>,
+    /// Per record (written, being written or staged): how many of its events are still in
+    /// the outbox. A record missing here has none left.
+    left: FxHashMap<u64, usize>,
+    /// Which record each event in the outbox is in.
+    record_of: FxHashMap<u64, u64>,
+    /// The barrier ticket that covers what is staged, if one was taken since the last drain:
+    /// awaited (due now), or only a lazy one.
+    awaited_barrier: Option<Ticket>,
+    lazy_barrier: bool,
 }
 
 impl Endpoint {
-    fn put_open(&mut self) -> Op {
-        self.open.written = true;
-        self.open.dirty = false;
-        Op::PutRecord {
-            space: Space::Outbox,
-            key: record_key(self.key, self.open.id),
-            value: self.open.bytes.clone(),
-        }
-    }
-
-    fn close_open(&mut self, ops: &mut Vec<Op>) {
-        let open = &self.open;
-        if open.count == 0 {
-            return;
-        }
-        if open.left > 0 {
-            if open.dirty || !open.written {
-                ops.push(self.put_open());
+    /// Appends an event to the staged record (a new one when there is none or it is full).
+    fn stage(&mut self, event: &Event, ids: &Ids) {
+        let record = match self.unwritten.last_mut() {
+            Some(record) if record.bytes.len() < RECORD_BYTES => record,
+            _ => {
+                self.unwritten.push(Unwritten {
+                    id: ids.next(),
+                    bytes: Vec::with_capacity(4096),
+                });
+                self.unwritten.last_mut().expect("just pushed")
             }
-            self.closed.insert(self.open.id, self.open.left);
-        } else if open.written {
-            ops.push(self.remove(self.open.id));
-        }
-        self.open = OpenChunk::default();
+        };
+        event.encode_framed(&mut record.bytes);
+        let id = record.id;
+        *self.left.entry(id).or_default() += 1;
+        self.record_of.insert(event.id, id);
     }
 
-    fn remove(&self, chunk: u64) -> Op {
-        Op::RemoveRecord {
-            space: Space::Outbox,
-            key: record_key(self.key, chunk),
+    /// The commit takes what is staged: records with events left are written.
+    fn drain(&mut self, ops: &mut Vec<Op>) {
+        self.awaited_barrier = None;
+        self.lazy_barrier = false;
+        for record in self.unwritten.drain(..) {
+            if self.left.contains_key(&record.id) {
+                ops.push(Op::PutRecord {
+                    space: Space::Outbox,
+                    key: record_key(self.key, record.id),
+                    value: record.bytes,
+                });
+            }
         }
     }
 
-    /// An event left the outbox: its chunk has one fewer.
+    /// An event left the outbox: its record has one fewer, and goes once it has none.
     fn leave(&mut self, id: u64, ops: &mut Vec<Op>) {
-        let Some(chunk) = self.chunk_of.remove(&id) else {
+        let Some(record) = self.record_of.remove(&id) else {
             return;
         };
-        if chunk == self.open.id && self.open.count > 0 {
-            self.open.left = self.open.left.saturating_sub(1);
-            if self.open.left == 0 {
-                // Everything in it is gone: start afresh (and drop any version written).
-                if self.open.written {
-                    ops.push(self.remove(chunk));
-                }
-                self.open = OpenChunk::default();
-            }
+        let Some(left) = self.left.get_mut(&record) else {
+            return;
+        };
+        *left = left.saturating_sub(1);
+        if *left > 0 {
             return;
         }
-        if let Some(left) = self.closed.get_mut(&chunk) {
-            *left = left.saturating_sub(1);
-            if *left == 0 {
-                self.closed.remove(&chunk);
-                ops.push(self.remove(chunk));
-            }
+        self.left.remove(&record);
+        // Still staged: `drain` skips it. Written (or in the commit that drained it, which
+        // is applied before any later one): removed.
+        if !self.unwritten.iter().any(|r| r.id == record) {
+            ops.push(Op::RemoveRecord {
+                space: Space::Outbox,
+                key: record_key(self.key, record),
+            });
         }
     }
 }
@@ -193,9 +188,6 @@ pub struct DurableOutbox {
     durable: Option<Arc<Durable>>,
     ids: Arc<Ids>,
     endpoints: Vec<Mutex<Endpoint>>,
-    /// Being replaced by a reload ([`DurableOutbox::seal`]): every event is written as a
-    /// chunk of its own, closed at once.
-    sealed: AtomicBool,
 }
 
 /// What was in the outboxes at start.
@@ -246,10 +238,10 @@ impl DurableOutbox {
                         continue;
                     };
                     let endpoint = &mut endpoints[index];
-                    endpoint.closed.insert(chunk, chunk_events.len());
+                    endpoint.left.insert(chunk, chunk_events.len());
                     for event in &chunk_events {
                         last_id = last_id.max(event.id);
-                        endpoint.chunk_of.insert(event.id, chunk);
+                        endpoint.record_of.insert(event.id, chunk);
                     }
                     events[index].extend(chunk_events);
                 }
@@ -263,7 +255,6 @@ impl DurableOutbox {
                 durable,
                 ids,
                 endpoints: endpoints.into_iter().map(Mutex::new).collect(),
-                sealed: AtomicBool::new(false),
             },
             events,
             last_id,
@@ -282,92 +273,50 @@ impl DurableOutbox {
             .position(|e| e.lock().unwrap_or_else(|e| e.into_inner()).key == key)
     }
 
-    /// Adds an event to endpoint `index`'s outbox; `awaited`: it must be durable before
-    /// whatever it describes is acknowledged, and the ticket says when. Call before
-    /// handing the event to the bridge.
-    pub fn add(&self, index: usize, event: &Event, awaited: bool) -> Vec<Op> {
-        let mut ops = Vec::new();
-        if self.durable.is_none() {
-            return ops;
+    /// Starts draining the outbox into the store's commits (once it is in an `Arc`).
+    pub fn attach(self: &Arc<Self>) {
+        if let Some(durable) = &self.durable {
+            let source: Arc<dyn RecordSource> = self.clone();
+            durable.add_source(Arc::downgrade(&source));
         }
-        let Some(mut endpoint) = self.endpoint(index) else {
-            return ops;
-        };
-        if endpoint.open.count == 0 {
-            endpoint.open.id = self.ids.next();
-        }
-        let encoded = event.encode();
-        let open = &mut endpoint.open;
-        open.bytes
-            .extend_from_slice(&(encoded.len() as u32).to_be_bytes());
-        open.bytes.extend_from_slice(&encoded);
-        open.count += 1;
-        open.left += 1;
-        open.dirty = true;
-        let chunk = open.id;
-        let full = open.count >= CHUNK_EVENTS || open.bytes.len() >= CHUNK_BYTES;
-        endpoint.chunk_of.insert(event.id, chunk);
-        // Sealed: the chunk is never appended to once written (see `seal`).
-        if full || self.sealed.load(Ordering::SeqCst) {
-            endpoint.close_open(&mut ops);
-        } else if awaited {
-            ops.push(endpoint.put_open());
-        }
-        ops
     }
 
-    /// Submits `ops` (from [`DurableOutbox::add`]): awaited ones get a ticket to wait for.
-    pub fn submit(&self, ops: Vec<Op>, awaited: bool) -> Option<Ticket> {
+    /// Adds an event to endpoint `index`'s outbox (staged for the next commit); `awaited`:
+    /// it must be durable before whatever it describes is acknowledged, and the ticket
+    /// says when. Call before handing the event to the bridge.
+    pub fn add(&self, index: usize, event: &Event, awaited: bool) -> Option<Ticket> {
         let durable = self.durable.as_ref()?;
-        if ops.is_empty() {
-            return None;
-        }
+        let mut endpoint = self.endpoint(index)?;
+        endpoint.stage(event, &self.ids);
+        // The barrier is taken under the endpoint's lock, after staging: the commit that
+        // covers it drains this endpoint afterwards, so it holds the event.
         if awaited {
-            Some(durable.submit(ops))
+            if endpoint.awaited_barrier.is_none() {
+                endpoint.awaited_barrier = Some(durable.barrier(true));
+            }
+            endpoint.awaited_barrier
         } else {
-            durable.submit_lazy(ops);
+            if !endpoint.lazy_barrier && endpoint.awaited_barrier.is_none() {
+                durable.barrier(false);
+                endpoint.lazy_barrier = true;
+            }
             None
         }
     }
 
-    /// Before a reload starts the new endpoints, which read the store: closes every open
-    /// chunk (the ops write those with events left), and from now on writes each event
-    /// as a chunk of its own. A record the new generation reads is then never appended
-    /// to afterwards, so its removal once the new generation delivered the events it read
-    /// there removes no event it did not read.
-    pub fn seal(&self) -> Vec<Op> {
-        self.sealed.store(true, Ordering::SeqCst);
-        let mut ops = Vec::new();
-        if self.durable.is_none() {
-            return ops;
-        }
-        for endpoint in &self.endpoints {
-            endpoint
-                .lock()
+    /// Before a reload starts the new endpoints, which read the store: a ticket after
+    /// which every event staged so far is in a record. Records are never appended to once
+    /// written, so the new generation, removing a record once it delivered the events it
+    /// read there, never removes one it did not read.
+    pub fn commit_staged(&self) -> Option<Ticket> {
+        let durable = self.durable.as_ref()?;
+        let staged = self.endpoints.iter().any(|e| {
+            !e.lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .close_open(&mut ops);
-        }
-        ops
-    }
-
-    /// The reload failed: back to filling chunks.
-    pub fn unseal(&self) {
-        self.sealed.store(false, Ordering::SeqCst);
-    }
-
-    /// Writes the events of open chunks that no version holds yet (the timer's turn).
-    pub fn flush(&self) {
-        let mut ops = Vec::new();
-        for endpoint in &self.endpoints {
-            let mut endpoint = endpoint.lock().unwrap_or_else(|e| e.into_inner());
-            if endpoint.open.count > 0 && endpoint.open.dirty {
-                ops.push(endpoint.put_open());
-            }
-        }
-        if let (Some(durable), false) = (&self.durable, ops.is_empty()) {
-            // Awaited, so that it is fsynced in its own commit.
-            durable.submit(ops);
-        }
+                .unwritten
+                .is_empty()
+        });
+        staged.then(|| durable.barrier(true))
     }
 
     /// Dead letters of every configured endpoint, oldest first: (endpoint index, last
@@ -400,12 +349,15 @@ impl DurableOutbox {
     pub fn revive(&self, index: usize, mut event: Event) -> Option<(Event, Option<Ticket>)> {
         let key = self.endpoint(index)?.key;
         event.created_ms = super::now_ms();
-        let mut ops = vec![Op::RemoveRecord {
-            space: Space::DeadLetters,
-            key: record_key(key, event.id),
-        }];
-        ops.extend(self.add(index, &event, true));
-        let ticket = self.submit(ops, true);
+        // Staged (with its barrier) before the removal is submitted: the commit that takes
+        // the removal drains the event too, so the letter is never in neither place.
+        self.add(index, &event, true);
+        let ticket = self.durable.as_ref().map(|durable| {
+            durable.submit([Op::RemoveRecord {
+                space: Space::DeadLetters,
+                key: record_key(key, event.id),
+            }])
+        });
         Some((event, ticket))
     }
 }
@@ -422,7 +374,9 @@ impl OutboxStore for DurableOutbox {
             }
         }
         // Nothing promises a removal durable: at worst an event is sent again.
-        self.submit(ops, false);
+        if let (Some(durable), false) = (&self.durable, ops.is_empty()) {
+            durable.submit_lazy(ops);
+        }
     }
 
     fn bury(&self, endpoint_key: u64, event: &Event, last_error: &str) {
@@ -437,7 +391,20 @@ impl OutboxStore for DurableOutbox {
         if let Some(mut endpoint) = self.endpoint(index) {
             endpoint.leave(event.id, &mut ops);
         }
-        self.submit(ops, true);
+        if let Some(durable) = &self.durable {
+            durable.submit(ops);
+        }
+    }
+}
+
+impl RecordSource for DurableOutbox {
+    fn drain(&self, ops: &mut Vec<Op>) {
+        for endpoint in &self.endpoints {
+            let mut endpoint = endpoint.lock().unwrap_or_else(|e| e.into_inner());
+            if !endpoint.unwritten.is_empty() {
+                endpoint.drain(ops);
+            }
+        }
     }
 }
 

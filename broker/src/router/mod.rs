@@ -301,24 +301,20 @@ impl Router {
             scope,
             awaited,
             Some(&message.payload),
-            || {
-                let mut fields = serde_json::Map::new();
-                fields.insert("topic".into(), message.topic.to_string().into());
-                fields.insert("qos".into(), (message.qos as u8).into());
-                fields.insert("retain".into(), message.retain.into());
-                let client_id =
-                    (!message.publisher.is_empty()).then(|| message.publisher.to_string());
-                fields.insert("client_id".into(), client_id.into());
-                fields.insert(
-                    "username".into(),
-                    message.sender.as_deref().map(str::to_string).into(),
+            |f| {
+                f.put("topic", &*message.topic);
+                f.put("qos", message.qos as u8);
+                f.put("retain", message.retain);
+                f.put(
+                    "client_id",
+                    (!message.publisher.is_empty()).then_some(&*message.publisher),
                 );
+                f.put("username", message.sender.as_deref());
                 if let Some(g) = group {
-                    fields.insert("gid".into(), g.gid.into());
-                    fields.insert("type".into(), g.message_type.into());
-                    fields.insert("live".into(), g.live.into());
+                    f.put("gid", g.gid);
+                    f.put("type", g.message_type);
+                    f.put("live", g.live);
                 }
-                fields
             },
         )
     }

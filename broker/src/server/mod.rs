@@ -253,7 +253,7 @@ impl BrokerHandle {
         while Stats::get(&self.broker.stats.connections_current) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Open outbox chunks are written; undelivered events wait for the next start.
+        // Undelivered events wait for the next start (the last commit writes the staged).
         self.broker.router.events.shutdown().await;
         if let Some(durable) = &self.broker.durable {
             // Open QoS 0 history chunks too.
@@ -377,7 +377,6 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
         tokio::spawn(sweep_admission(broker.clone())),
         tokio::spawn(crate::sys::publish_periodically(broker.clone())),
         tokio::spawn(flush_history_chunks(broker.clone())),
-        tokio::spawn(events.flush_periodically()),
     ];
     let commit_task = durable.as_ref().map(|durable| {
         let interval = Duration::from_millis(broker.config.storage.flush_interval_ms.max(1));
