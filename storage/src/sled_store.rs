@@ -77,8 +77,10 @@ impl T {
 
 mod batch;
 mod checkpoint;
+mod outbox_log;
 mod staged;
 use batch::Overlay;
+use outbox_log::OutboxLog;
 use staged::{Layers, Staged};
 
 const TREE_NAMES: [&str; 16] = [
@@ -192,6 +194,8 @@ struct Shared {
     path: PathBuf,
     /// Last size sled reported, returned if asking again fails.
     last_size: AtomicU64,
+    /// `Space::Outbox`, in a log of its own (`outbox_log.rs` says why).
+    outbox: OutboxLog,
 }
 
 fn is_full(error: &std::io::Error) -> bool {
@@ -259,6 +263,7 @@ impl SledStore {
             options: options.clone(),
             path,
             last_size: AtomicU64::new(0),
+            outbox: OutboxLog::open(&dir.join("outbox"))?,
         });
         shared.check_schema()?;
         let worker = shared.clone();
@@ -273,6 +278,7 @@ impl SledStore {
         store.shared.replay_journal()?;
         let high_water = store.shared.next_message_id()?;
         store.shared.apply_state().high_water = high_water;
+        store.shared.move_outbox_tree()?;
         Ok(store)
     }
 
@@ -475,9 +481,56 @@ impl Shared {
     }
 }
 
+fn is_outbox_op(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::PutRecord {
+            space: crate::Space::Outbox,
+            ..
+        } | Op::RemoveRecord {
+            space: crate::Space::Outbox,
+            ..
+        }
+    )
+}
+
+impl Shared {
+    /// Databases written before the outbox log kept `Space::Outbox` in a sled tree: its
+    /// records move into the log (synced) and then leave the tree. A crash in between
+    /// leaves them in both, and the next open moves them again (a put replaces).
+    fn move_outbox_tree(&self) -> StorageResult<()> {
+        let tree = self.tree(T::Outbox);
+        if tree.is_empty() && self.layers().prefixed(T::Outbox as usize, &[]).is_empty() {
+            return Ok(());
+        }
+        self.checkpoint_now()?;
+        let mut records = Vec::new();
+        for kv in tree.iter() {
+            let (key, value) = kv.map_err(|e| sled_error("reading the outbox tree", e))?;
+            records.push((key.to_vec(), value.to_vec()));
+        }
+        let writes: Vec<(&[u8], Option<&[u8]>)> = records
+            .iter()
+            .map(|(k, v)| (k.as_slice(), Some(v.as_slice())))
+            .collect();
+        self.outbox.apply(&writes)?;
+        self.outbox.flush()?;
+        tree.clear()
+            .map_err(|e| sled_error("clearing the outbox tree", e))?;
+        self.db.flush().map_err(|e| sled_error("flushing", e))?;
+        tracing::info!(records = records.len(), "webhook outbox moved into its log");
+        Ok(())
+    }
+}
+
 impl Store for SledStore {
     fn apply(&self, batch: Vec<Op>) -> StorageResult<()> {
         let shared = &self.shared;
+        let (outbox, batch): (Vec<Op>, Vec<Op>) = if batch.iter().any(is_outbox_op) {
+            batch.into_iter().partition(is_outbox_op)
+        } else {
+            (Vec::new(), batch)
+        };
         let mut state = shared.apply_state();
         if let Some(error) = &shared.layers().checkpoint_error {
             return Err(error.clone());
@@ -494,10 +547,20 @@ impl Store for SledStore {
             shared.stage(resolved.writes, &resolved.in_base, number, journal_bytes);
         }
         state.high_water = resolved.high_water;
-        Ok(())
+        // After the sled part: a refused batch leaves no events behind.
+        let writes: Vec<(&[u8], Option<&[u8]>)> = outbox
+            .iter()
+            .filter_map(|op| match op {
+                Op::PutRecord { key, value, .. } => Some((key.as_slice(), Some(value.as_slice()))),
+                Op::RemoveRecord { key, .. } => Some((key.as_slice(), None)),
+                _ => None,
+            })
+            .collect();
+        shared.outbox.apply(&writes)
     }
 
     fn flush(&self) -> StorageResult<()> {
+        self.shared.outbox.flush()?;
         self.shared
             .db
             .flush()
@@ -578,6 +641,9 @@ impl Store for SledStore {
         prefix: &[u8],
     ) -> StorageResult<Vec<(Vec<u8>, Vec<u8>)>> {
         let shared = &self.shared;
+        if space == crate::Space::Outbox {
+            return shared.outbox.records(prefix);
+        }
         let tree = T::of(space);
         let mut merged = BTreeMap::new();
         for kv in shared.tree(tree).scan_prefix(prefix) {
@@ -597,7 +663,7 @@ impl Store for SledStore {
 
     fn size_on_disk(&self) -> u64 {
         let shared = &self.shared;
-        match shared.db.size_on_disk() {
+        match shared.db.size_on_disk().map(|s| s + shared.outbox.size()) {
             Ok(size) => {
                 shared.last_size.store(size, Ordering::Relaxed);
                 size
@@ -632,6 +698,46 @@ mod tests {
             retain: false,
             subscription_ids: vec![],
         }
+    }
+
+    #[test]
+    fn outbox_records_of_an_older_database_move_into_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            // What an older version left: outbox records in the sled tree.
+            store
+                .shared
+                .tree(T::Outbox)
+                .insert(b"e1", &b"events one"[..])
+                .unwrap();
+            store
+                .shared
+                .tree(T::Outbox)
+                .insert(b"e2", &b"events two"[..])
+                .unwrap();
+            store.shared.db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store.shared.tree(T::Outbox).is_empty());
+        let records = store.records(crate::Space::Outbox, b"").unwrap();
+        assert_eq!(
+            records,
+            vec![
+                (b"e1".to_vec(), b"events one".to_vec()),
+                (b"e2".to_vec(), b"events two".to_vec())
+            ]
+        );
+        store
+            .apply(vec![Op::RemoveRecord {
+                space: crate::Space::Outbox,
+                key: b"e1".to_vec(),
+            }])
+            .unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.records(crate::Space::Outbox, b"").unwrap().len(), 1);
     }
 
     #[test]
