@@ -196,6 +196,9 @@ struct Shared {
     last_size: AtomicU64,
     /// `Space::Outbox`, in a log of its own (`outbox_log.rs` says why).
     outbox: OutboxLog,
+    /// A batch wrote to sled since the last flush: a commit of outbox records alone (a
+    /// webhook endpoint's events, with nothing else stored) then skips sled's flush.
+    sled_dirty: std::sync::atomic::AtomicBool,
 }
 
 fn is_full(error: &std::io::Error) -> bool {
@@ -264,6 +267,7 @@ impl SledStore {
             path,
             last_size: AtomicU64::new(0),
             outbox: OutboxLog::open(&dir.join("outbox"))?,
+            sled_dirty: std::sync::atomic::AtomicBool::new(true),
         });
         shared.check_schema()?;
         let worker = shared.clone();
@@ -545,6 +549,7 @@ impl Store for SledStore {
             let journal_bytes = shared.journal(number, &resolved)?;
             state.next_journal += 1;
             shared.stage(resolved.writes, &resolved.in_base, number, journal_bytes);
+            shared.sled_dirty.store(true, Ordering::SeqCst);
         }
         state.high_water = resolved.high_water;
         // After the sled part: a refused batch leaves no events behind.
@@ -561,11 +566,14 @@ impl Store for SledStore {
 
     fn flush(&self) -> StorageResult<()> {
         self.shared.outbox.flush()?;
-        self.shared
-            .db
-            .flush()
-            .map(|_| ())
-            .map_err(|e| sled_error("flushing", e))
+        // Cleared before flushing: a batch applied meanwhile sets it again for the next.
+        if !self.shared.sled_dirty.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.shared.db.flush().map(|_| ()).map_err(|e| {
+            self.shared.sled_dirty.store(true, Ordering::SeqCst);
+            sled_error("flushing", e)
+        })
     }
 
     fn recover(&self) -> StorageResult<Recovered> {
