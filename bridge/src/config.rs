@@ -84,7 +84,8 @@ pub struct WebhookConfig {
     /// Bound on undelivered events held in memory (queued and in flight).
     #[serde(default = "defaults::outbox_max_events")]
     pub outbox_max_events: usize,
-    /// Bound on their body bytes.
+    /// Bound on their body bytes ([`crate::Event::size`]: a message event, not rendered
+    /// yet, counts as its rendering with the payload in base64).
     #[serde(default = "defaults::outbox_max_bytes")]
     pub outbox_max_bytes: usize,
     #[serde(default)]

@@ -2,13 +2,19 @@
 //!
 //! # Design
 //!
-//! - **Two copies of each outbox.** The broker renders an event's JSON body, stores it in
-//!   the endpoint's durable outbox in its database, then hands it to [`Bridge::enqueue`].
-//!   The bridge keeps the same events in a bounded in-memory queue per endpoint and tells
-//!   the broker, through [`OutboxStore`], when one leaves: [`OutboxStore::remove`] after a
-//!   2xx (or an overflow drop), [`OutboxStore::bury`] when it reached max age and becomes a
-//!   dead letter. At startup the broker passes what it found in the durable outboxes to
-//!   [`Bridge::start`], so nothing stored is lost across a restart or a crash.
+//! - **Two copies of each outbox.** The broker builds each event once for the endpoints
+//!   that take it, stores it in each one's durable outbox in its database ([`Event::encode`]),
+//!   then hands it to [`Bridge::enqueue`]. Most events carry JSON the broker rendered
+//!   ([`Body::Json`]); a `message.publish` carries the message itself ([`Body::Message`],
+//!   one `Arc<MessageEvent>` shared by all its endpoints, stored in a compact binary form),
+//!   and is rendered to JSON only when a request sends it, with the endpoint's
+//!   `payload_encoding` ([`Event::render`]): a message dropped unsent is never rendered.
+//!   The bridge keeps the same events in a bounded in-memory queue per endpoint (accounting
+//!   [`Event::size`] bytes each) and tells the broker, through [`OutboxStore`], when one
+//!   leaves: [`OutboxStore::remove`] after a 2xx (or an overflow drop), [`OutboxStore::bury`]
+//!   when it reached max age and becomes a dead letter. At startup the broker passes what
+//!   it found in the durable outboxes to [`Bridge::start`], so nothing stored is lost across
+//!   a restart or a crash.
 //! - **At-least-once.** An event is removed only after a 2xx, so a crash between the
 //!   answer and the removal, or a 2xx lost on the way back, sends it again. Receivers
 //!   deduplicate by `X-Rookery-Delivery`, which is the event id ([`delivery_id_string`])
@@ -45,8 +51,9 @@
 //! Only a 2xx is success: redirects are not followed, and timeouts, connection errors and
 //! any other status are retried.
 //!
-//! The broker decides which endpoints want an event ([`WebhookConfig::accepts`]) and
-//! renders the payload with [`WebhookConfig::encode_payload`].
+//! The broker decides which endpoints want an event ([`WebhookConfig::accepts`]). The
+//! signature covers the rendered bytes, which are what is sent; a message's payload is
+//! written as [`WebhookConfig::payload_text`] says (text), or base64.
 
 mod backoff;
 mod bridge;
@@ -61,7 +68,7 @@ mod worker;
 
 pub use bridge::Bridge;
 pub use config::{Overflow, PayloadEncoding, WebhookConfig};
-pub use event::{delivery_id_string, Event, EventKind};
+pub use event::{delivery_id_string, Body, Event, EventKind, MessageEvent, MessageGroup};
 pub use outbox::Enqueued;
 pub use request::signature;
 pub use stats::{EndpointStats, LatencyHistogram, LATENCY_BUCKETS_MS};

@@ -90,7 +90,7 @@ impl Outbox {
 
     /// Adds an event at the back, applying the overflow policy.
     pub fn push(&mut self, event: Event, now: Instant) -> Pushed {
-        let size = event.body.len();
+        let size = event.size();
         let (max_events, max_bytes) = (self.max_events, self.max_bytes);
         let fits = |events: usize, bytes: usize| {
             events < max_events && bytes.saturating_add(size) <= max_bytes
@@ -110,7 +110,7 @@ impl Outbox {
                 let Some(oldest) = self.ready.pop_front() else {
                     break;
                 };
-                self.ready_bytes -= oldest.event.body.len();
+                self.ready_bytes -= oldest.event.size();
                 dropped_ids.push(oldest.event.id);
             }
             Enqueued::DroppedOldest(dropped_ids.len() as u64)
@@ -160,7 +160,7 @@ impl Outbox {
         }
         let take = batch_max.min(self.ready.len());
         let events: Vec<Event> = self.ready.drain(..take).map(|q| q.event).collect();
-        let bytes: usize = events.iter().map(|e| e.body.len()).sum();
+        let bytes: usize = events.iter().map(Event::size).sum();
         self.ready_bytes -= bytes;
         self.in_flight_events += events.len();
         self.in_flight_bytes += bytes;
@@ -169,7 +169,7 @@ impl Outbox {
 
     /// In-flight events that left the outbox (delivered or buried).
     pub fn finish(&mut self, events: &[Event]) {
-        let bytes: usize = events.iter().map(|e| e.body.len()).sum();
+        let bytes: usize = events.iter().map(Event::size).sum();
         self.in_flight_events = self.in_flight_events.saturating_sub(events.len());
         self.in_flight_bytes = self.in_flight_bytes.saturating_sub(bytes);
     }
@@ -180,7 +180,7 @@ impl Outbox {
     pub fn retry_later(&mut self, events: Vec<Event>, now: Instant) {
         self.finish(&events);
         for event in events.into_iter().rev() {
-            self.ready_bytes += event.body.len();
+            self.ready_bytes += event.size();
             self.ready.push_front(Queued { event, due_at: now });
         }
     }
@@ -195,7 +195,7 @@ impl Outbox {
                 break;
             }
             if let Some(queued) = self.ready.pop_front() {
-                self.ready_bytes -= queued.event.body.len();
+                self.ready_bytes -= queued.event.size();
                 expired.push(queued.event);
             }
         }
@@ -214,7 +214,7 @@ mod tests {
             id,
             kind: EventKind::MessagePublish,
             created_ms: id,
-            body: Bytes::from(vec![b'x'; size]),
+            body: Bytes::from(vec![b'x'; size]).into(),
         }
     }
 

@@ -1,6 +1,6 @@
 //! What one POST carries: the body (one event, or a JSON array of a batch) and its headers.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use sha2::Sha256;
@@ -46,7 +46,10 @@ pub(crate) struct Prepared {
 
 /// Builds the request for `events` (non-empty).
 ///
-/// - `batch_max == 1`: the body is the event's object as stored.
+/// Each event is rendered with the endpoint's configuration ([`Event::render`]): a JSON
+/// body as the broker stored it, a message with the endpoint's `payload_encoding`.
+///
+/// - `batch_max == 1`: the body is the event's object.
 /// - `batch_max > 1`: the body is always a JSON array (even of one event, so a receiver
 ///   configured for batches parses one shape), with `X-Rookery-Batch: <count>`;
 ///   `X-Rookery-Event` is the shared kind or `batch`, and `X-Rookery-Delivery` lists the
@@ -57,20 +60,20 @@ pub(crate) struct Prepared {
 pub(crate) fn prepare(config: &WebhookConfig, base: &HeaderMap, events: &[Event]) -> Prepared {
     let mut headers = base.clone();
     let body = if config.batch_max > 1 {
-        let len = events.iter().map(|e| e.body.len() + 1).sum::<usize>() + 1;
-        let mut array = BytesMut::with_capacity(len);
-        array.put_u8(b'[');
+        let len = events.iter().map(|e| e.size() + 1).sum::<usize>() + 1;
+        let mut array = Vec::with_capacity(len);
+        array.push(b'[');
         for (index, event) in events.iter().enumerate() {
             if index > 0 {
-                array.put_u8(b',');
+                array.push(b',');
             }
-            array.put_slice(&event.body);
+            event.render_into(config, &mut array);
         }
-        array.put_u8(b']');
+        array.push(b']');
         headers.insert(BATCH_HEADER, HeaderValue::from(events.len()));
-        array.freeze()
+        Bytes::from(array)
     } else {
-        events.first().map(|e| e.body.clone()).unwrap_or_default()
+        events.first().map(|e| e.render(config)).unwrap_or_default()
     };
 
     let shared_kind = events
@@ -106,7 +109,7 @@ mod tests {
             id,
             kind,
             created_ms: 0,
-            body: Bytes::from(format!("{{\"n\":{id}}}")),
+            body: Bytes::from(format!("{{\"n\":{id}}}")).into(),
         }
     }
 
@@ -191,5 +194,54 @@ mod tests {
         let one = prepare(&config, &base, &[event(3, EventKind::UserDeleted)]);
         assert_eq!(&one.body[..], b"[{\"n\":3}]");
         assert_eq!(header(&one, BATCH_HEADER), Some("1"));
+    }
+
+    #[test]
+    fn message_events_are_rendered_per_endpoint_and_signed_as_sent() {
+        use crate::config::PayloadEncoding;
+        use crate::event::{Body, MessageEvent};
+        use std::sync::Arc;
+        let message = Arc::new(MessageEvent {
+            topic: Bytes::from_static(b"t/1"),
+            qos: 0,
+            retain: false,
+            client_id: Some("c".into()),
+            username: None,
+            group: None,
+            payload: Bytes::from_static(b"hi"),
+        });
+        let events: Vec<Event> = (1..=2)
+            .map(|id| Event {
+                id,
+                kind: EventKind::MessagePublish,
+                created_ms: 5,
+                body: Body::Message(Arc::clone(&message)),
+            })
+            .collect();
+        let mut config = WebhookConfig::new("http://h/x");
+        config.secret = "k".into();
+        let single = prepare(&config, &base_headers(&config), &events[..1]);
+        assert_eq!(single.body, events[0].render(&config));
+        let value: serde_json::Value = serde_json::from_slice(&single.body).unwrap();
+        assert_eq!(
+            (value["payload"].as_str(), value["encoding"].as_str()),
+            (Some("hi"), Some("utf8"))
+        );
+        let expected = signature("k", &single.body);
+        assert_eq!(header(&single, SIGNATURE_HEADER), Some(expected.as_str()));
+
+        config.payload_encoding = PayloadEncoding::Base64;
+        config.batch_max = 5;
+        let batch = prepare(&config, &base_headers(&config), &events);
+        let value: serde_json::Value = serde_json::from_slice(&batch.body).unwrap();
+        let array = value.as_array().expect("an array");
+        assert_eq!(array.len(), 2);
+        assert_eq!(array[1]["delivery"], "0000000000000002");
+        assert_eq!(
+            (array[0]["payload"].as_str(), array[0]["encoding"].as_str()),
+            (Some("aGk="), Some("base64"))
+        );
+        let expected = signature("k", &batch.body);
+        assert_eq!(header(&batch, SIGNATURE_HEADER), Some(expected.as_str()));
     }
 }

@@ -40,8 +40,9 @@ async fn a_request_carries_the_headers_and_a_valid_signature() {
     assert_eq!(received.len(), 1);
     let request = &received[0];
     assert_eq!(
-        request.body, sent.body,
-        "the body is the stored body, byte for byte"
+        request.body,
+        sent.render(&endpoint),
+        "the body is the stored JSON, byte for byte"
     );
     assert_eq!(request.header("content-type"), Some("application/json"));
     assert_eq!(request.header("authorization"), Some("Bearer token"));
@@ -268,5 +269,71 @@ async fn each_endpoint_gets_its_own_events() {
     removed.sort_unstable_by_key(|&(_, id)| id);
     assert_eq!(removed, [(keys[0], 1), (keys[1], 2), (keys[1], 3)]);
     assert_eq!(bridge.endpoints().len(), 2);
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_message_event_is_rendered_per_endpoint_when_sent() {
+    use rookery_bridge::{Body, Event, MessageEvent, MessageGroup, PayloadEncoding};
+    let text = TestServer::start().await;
+    let binary = TestServer::start().await;
+    let store = Arc::new(MemoryStore::default());
+    let mut as_text = config(text.url());
+    as_text.secret = "t".into();
+    let mut as_base64 = config(binary.url());
+    as_base64.payload_encoding = PayloadEncoding::Base64;
+    as_base64.batch_max = 2;
+    as_base64.batch_age_ms = 10;
+    let bridge = Bridge::start(vec![as_text, as_base64], store.clone(), vec![]);
+    let message = Arc::new(MessageEvent {
+        topic: "$groups/7/m".into(),
+        qos: 1,
+        retain: false,
+        client_id: Some("pub".into()),
+        username: Some("alice".into()),
+        group: Some(MessageGroup {
+            gid: 7,
+            message_type: 2,
+            live: false,
+        }),
+        payload: "hello".into(),
+    });
+    let event = Event {
+        id: 9,
+        kind: EventKind::MessagePublish,
+        created_ms: now_ms(),
+        body: Body::Message(message),
+    };
+    bridge.enqueue(0, event.clone());
+    bridge.enqueue(1, event.clone());
+    eventually("both delivered", || store.removed_ids().len() == 2).await;
+
+    let request = &text.received()[0];
+    let expected = serde_json::json!({
+        "event": "message.publish",
+        "delivery": "0000000000000009",
+        "ts": event.created_ms,
+        "topic": "$groups/7/m",
+        "qos": 1,
+        "retain": false,
+        "client_id": "pub",
+        "username": "alice",
+        "gid": 7,
+        "type": 2,
+        "live": false,
+        "payload": "hello",
+        "encoding": "utf8",
+    });
+    assert_eq!(request.json(), expected);
+    let signature = format!("sha256={}", hmac_hex("t", &request.body));
+    assert_eq!(
+        request.header("x-rookery-signature"),
+        Some(signature.as_str())
+    );
+
+    let mut base64 = expected;
+    base64["payload"] = "aGVsbG8=".into();
+    base64["encoding"] = "base64".into();
+    assert_eq!(binary.received()[0].json(), serde_json::json!([base64]));
     bridge.shutdown().await;
 }

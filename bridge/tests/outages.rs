@@ -171,7 +171,7 @@ async fn drop_new_refuses_the_newest_events() {
 async fn the_byte_bound_applies_too() {
     let store = Arc::new(MemoryStore::default());
     let mut endpoint = config(format!("http://{}/hook", unused_addr()));
-    let size = message(0).body.len();
+    let size = message(0).size();
     endpoint.outbox_max_bytes = size * 4;
     endpoint.overflow = Overflow::DropNew;
     let bridge = Bridge::start(vec![endpoint], store.clone(), vec![]);

@@ -5,7 +5,7 @@
 use super::ops::{ApiError, Caller, Context};
 use crate::durable::Ticket;
 use crate::events::DeadLetter;
-use rookery_bridge::{delivery_id_string, EventKind};
+use rookery_bridge::{delivery_id_string, EventKind, WebhookConfig};
 use serde_json::{json, Map, Value};
 
 /// The webhook event of a successful change op, from the request and its answer; the
@@ -171,7 +171,12 @@ pub fn dead_letters(
         .skip(start)
         .take(count)
         .map(|l| {
-            let body: Value = serde_json::from_slice(&l.event.body).unwrap_or(Value::Null);
+            // As the endpoint would be sent it (a message is rendered with its encoding).
+            let rendered = match configs.get(l.endpoint) {
+                Some(config) => l.event.render(config),
+                None => l.event.render(&WebhookConfig::new("")),
+            };
+            let body: Value = serde_json::from_slice(&rendered).unwrap_or(Value::Null);
             json!({
                 "endpoint": configs.get(l.endpoint).map(|c| c.display_name()),
                 "delivery": delivery_id_string(l.event.id),

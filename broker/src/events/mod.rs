@@ -1,8 +1,16 @@
 //! Broker events for the webhook bridge (SPEC §9): where the broker says what happened
-//! (a message published or dropped, a client connected, a group changed), renders each
-//! event's JSON once per interested endpoint (written straight into its buffer:
-//! [`Fields`]), stores it in the endpoint's durable outbox (`outbox.rs`) and hands it to
-//! `rookery-bridge`, which delivers it.
+//! (a message published or dropped, a client connected, a group changed), builds the event
+//! once for the interested endpoints, stores it in each one's durable outbox (`outbox.rs`)
+//! and hands it to `rookery-bridge`, which delivers it.
+//!
+//! - `message.publish`, the event of every published message ([`Events::message_publish`]):
+//!   one compact [`MessageEvent`] (the message's topic, ids and payload buffers, nothing
+//!   copied), shared by all its endpoints; the bridge renders its JSON when it sends it,
+//!   with each endpoint's payload encoding. Publishing renders nothing, and an event a
+//!   dead endpoint's outbox drops unsent is never rendered.
+//! - Every other kind ([`Events::emit`]): its JSON, rendered at once (written straight
+//!   into its buffer: [`Fields`]), per interested endpoint where a payload's encoding
+//!   differs.
 //!
 //! Durability follows what the event describes: the event of a QoS >= 1 PUBLISH, and of a
 //! management API change, is durable before the PUBACK / the API answer (they wait for its
@@ -25,7 +33,9 @@ pub use kinds::Client;
 use crate::durable::{Durable, Ticket};
 use arc_swap::ArcSwapOption;
 use outbox::{DurableOutbox, Ids};
-use rookery_bridge::{delivery_id_string, Bridge, EndpointStats, Event, EventKind, WebhookConfig};
+use rookery_bridge::{
+    delivery_id_string, Body, Bridge, EndpointStats, Event, EventKind, MessageEvent, WebhookConfig,
+};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
@@ -52,6 +62,43 @@ impl Fields {
             self.put(&key, value);
         }
     }
+}
+
+/// The start of an event's JSON body, `{"event":…,"delivery":…,"ts":…`, with room for
+/// `extra` more bytes.
+fn head(kind: EventKind, id: u64, created_ms: u64, extra: usize) -> Fields {
+    let mut head = Fields {
+        body: Vec::with_capacity(256 + extra),
+    };
+    head.body.extend_from_slice(b"{\"event\":\"");
+    head.body.extend_from_slice(kind.as_str().as_bytes());
+    head.body.extend_from_slice(b"\",\"delivery\":\"");
+    head.body
+        .extend_from_slice(delivery_id_string(id).as_bytes());
+    head.body.extend_from_slice(b"\"");
+    head.put("ts", created_ms);
+    head
+}
+
+/// The end of an event's JSON body for one endpoint: the payload, if any, in the endpoint's
+/// `payload_encoding` (`payload` and `encoding` fields), and the closing brace.
+fn finish(mut body: Fields, payload: Option<&[u8]>, config: &WebhookConfig) -> Vec<u8> {
+    if let Some(payload) = payload {
+        match config.payload_text(payload) {
+            Some(text) => {
+                body.put("payload", text);
+                body.put("encoding", "utf8");
+            }
+            None => {
+                use base64::Engine;
+                let encoded = base64::engine::general_purpose::STANDARD.encode(payload);
+                body.put("payload", encoded);
+                body.put("encoding", "base64");
+            }
+        }
+    }
+    body.body.push(b'}');
+    body.body
 }
 
 pub fn now_ms() -> u64 {
@@ -239,46 +286,60 @@ impl Events {
         targets.peek()?;
         let id = inner.ids.next();
         let created_ms = now_ms();
-        let mut head = Fields {
-            body: Vec::with_capacity(256 + payload.map_or(0, |p| p.len() * 4 / 3)),
-        };
-        head.body.extend_from_slice(b"{\"event\":\"");
-        head.body.extend_from_slice(kind.as_str().as_bytes());
-        head.body.extend_from_slice(b"\",\"delivery\":\"");
-        head.body
-            .extend_from_slice(delivery_id_string(id).as_bytes());
-        head.body.extend_from_slice(b"\"");
-        head.put("ts", created_ms);
+        let mut head = head(kind, id, created_ms, payload.map_or(0, |p| p.len() * 4 / 3));
         fields(&mut head);
         let mut ticket = None;
         while let Some(index) = targets.next() {
-            let mut body = if targets.peek().is_some() {
+            let body = if targets.peek().is_some() {
                 Fields {
                     body: head.body.clone(),
                 }
             } else {
                 std::mem::replace(&mut head, Fields { body: Vec::new() })
             };
-            if let Some(payload) = payload {
-                match configs[index].payload_text(payload) {
-                    Some(text) => {
-                        body.put("payload", text);
-                        body.put("encoding", "utf8");
-                    }
-                    None => {
-                        use base64::Engine;
-                        let encoded = base64::engine::general_purpose::STANDARD.encode(payload);
-                        body.put("payload", encoded);
-                        body.put("encoding", "base64");
-                    }
-                }
-            }
-            body.body.push(b'}');
             let event = Event {
                 id,
                 kind,
                 created_ms,
-                body: body.body.into(),
+                body: Body::Json(finish(body, payload, &configs[index]).into()),
+            };
+            // Stored (staged, with its ticket) before the bridge may deliver and remove it.
+            ticket = ticket.max(inner.outbox.add(index, &event, awaited));
+            inner.bridge.enqueue(index, event);
+        }
+        ticket
+    }
+
+    /// Emits a `message.publish` event: `message` (called only if an endpoint takes it)
+    /// builds one [`MessageEvent`], shared by every endpoint it goes to and rendered to JSON
+    /// by the bridge when it is sent, so publishing costs no rendering (and a message a dead
+    /// endpoint drops unsent is never rendered). `awaited` as for [`Events::emit`].
+    pub fn message_publish(
+        &self,
+        scope: Scope<'_>,
+        awaited: bool,
+        message: impl FnOnce() -> MessageEvent,
+    ) -> Option<Ticket> {
+        let kind = EventKind::MessagePublish;
+        let current = self.shared.current.load();
+        let inner = current.as_ref()?;
+        let configs = inner.bridge.endpoints();
+        let mut targets = inner.wanted[kind_index(kind)]
+            .iter()
+            .copied()
+            .filter(|&i| configs[i].accepts(kind, scope.topic, scope.gid))
+            .peekable();
+        targets.peek()?;
+        let id = inner.ids.next();
+        let created_ms = now_ms();
+        let message = Arc::new(message());
+        let mut ticket = None;
+        for index in targets {
+            let event = Event {
+                id,
+                kind,
+                created_ms,
+                body: Body::Message(Arc::clone(&message)),
             };
             // Stored (staged, with its ticket) before the bridge may deliver and remove it.
             ticket = ticket.max(inner.outbox.add(index, &event, awaited));
@@ -337,5 +398,101 @@ impl Events {
         if let Some(inner) = self.shared.current.load_full() {
             inner.bridge.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use rookery_bridge::{MessageGroup, PayloadEncoding};
+
+    /// A `message.publish` body as `emit` rendered it before messages were rendered by the
+    /// bridge: the fields `Router::publish_event` wrote, then the payload.
+    fn rendered_by_emit(
+        id: u64,
+        created_ms: u64,
+        message: &MessageEvent,
+        config: &WebhookConfig,
+    ) -> Vec<u8> {
+        let mut f = head(EventKind::MessagePublish, id, created_ms, 0);
+        f.put("topic", std::str::from_utf8(&message.topic).unwrap());
+        f.put("qos", message.qos);
+        f.put("retain", message.retain);
+        f.put("client_id", message.client_id.as_deref());
+        f.put("username", message.username.as_deref());
+        if let Some(g) = &message.group {
+            f.put("gid", u32::try_from(g.gid).unwrap());
+            f.put("type", g.message_type);
+            f.put("live", g.live);
+        }
+        finish(f, Some(&message.payload), config)
+    }
+
+    #[test]
+    fn message_events_render_as_emit_did() {
+        let payloads: [&'static [u8]; 4] = [
+            b"plain text",
+            "\u{e9}sc\"ap\\ed\n\u{1}".as_bytes(),
+            &[0xff, 0xfe, 0x00, 0x80],
+            b"",
+        ];
+        let groups = [
+            None,
+            Some(MessageGroup {
+                gid: 42,
+                message_type: 7,
+                live: false,
+            }),
+            Some(MessageGroup {
+                gid: u64::from(u32::MAX),
+                message_type: u32::MAX,
+                live: true,
+            }),
+        ];
+        let mut checked = 0;
+        for payload in payloads {
+            for group in groups {
+                for (client_id, username) in [
+                    (Some("client-1"), Some("alice@example")),
+                    (None, None),
+                    (Some("c\"q"), None),
+                ] {
+                    let message = MessageEvent {
+                        topic: Bytes::from_static("sensors/\u{fc}/\"t\"".as_bytes()),
+                        qos: 2,
+                        retain: group.is_none(),
+                        client_id: client_id.map(Arc::from),
+                        username: username.map(Arc::from),
+                        group,
+                        payload: Bytes::from_static(payload),
+                    };
+                    let event = Event {
+                        id: 0xdead_beef,
+                        kind: EventKind::MessagePublish,
+                        created_ms: 1_712_345_678_901,
+                        body: Body::Message(Arc::new(message.clone())),
+                    };
+                    for encoding in [
+                        PayloadEncoding::Auto,
+                        PayloadEncoding::Utf8,
+                        PayloadEncoding::Base64,
+                    ] {
+                        let mut config = WebhookConfig::new("http://h/x");
+                        config.payload_encoding = encoding;
+                        let old_bytes =
+                            rendered_by_emit(event.id, event.created_ms, &message, &config);
+                        let new_bytes = event.render(&config);
+                        let old: serde_json::Value = serde_json::from_slice(&old_bytes).unwrap();
+                        let new: serde_json::Value = serde_json::from_slice(&new_bytes).unwrap();
+                        assert_eq!(new, old, "{encoding:?} {group:?} {payload:?}");
+                        // The same bytes, even: receivers see no change at all.
+                        assert_eq!(new_bytes, old_bytes);
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 4 * 3 * 3 * 3);
     }
 }

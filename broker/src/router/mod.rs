@@ -296,27 +296,21 @@ impl Router {
             gid: group.map(|g| u64::from(g.gid)),
         };
         let awaited = message.qos != QoS::AtMostOnce;
-        self.events.emit(
-            EventKind::MessagePublish,
-            scope,
-            awaited,
-            Some(&message.payload),
-            |f| {
-                f.put("topic", &*message.topic);
-                f.put("qos", message.qos as u8);
-                f.put("retain", message.retain);
-                f.put(
-                    "client_id",
-                    (!message.publisher.is_empty()).then_some(&*message.publisher),
-                );
-                f.put("username", message.sender.as_deref());
-                if let Some(g) = group {
-                    f.put("gid", g.gid);
-                    f.put("type", g.message_type);
-                    f.put("live", g.live);
-                }
-            },
-        )
+        // Nothing is rendered here: the bridge writes the JSON when it sends the event.
+        self.events
+            .message_publish(scope, awaited, || rookery_bridge::MessageEvent {
+                topic: message.topic.as_bytes().clone(),
+                qos: message.qos as u8,
+                retain: message.retain,
+                client_id: (!message.publisher.is_empty()).then(|| message.publisher.clone()),
+                username: message.sender.clone(),
+                group: group.map(|g| rookery_bridge::MessageGroup {
+                    gid: u64::from(g.gid),
+                    message_type: g.message_type,
+                    live: g.live,
+                }),
+                payload: message.payload.clone(),
+            })
     }
 
     /// Adds or replaces a subscription; returns whether one existed for this filter.
