@@ -298,8 +298,11 @@ impl Router {
         let awaited = message.qos != QoS::AtMostOnce;
         // Nothing is rendered here: the bridge writes the JSON when it sends the event.
         self.events
+            // Topic and payload are copied, not shared: a slice of a connection's read
+            // buffer would keep the whole buffer alive for as long as the event waits in
+            // a dead endpoint's outbox (100,000 events by default).
             .message_publish(scope, awaited, || rookery_bridge::MessageEvent {
-                topic: message.topic.as_bytes().clone(),
+                topic: bytes::Bytes::copy_from_slice(message.topic.as_bytes()),
                 qos: message.qos as u8,
                 retain: message.retain,
                 client_id: (!message.publisher.is_empty()).then(|| message.publisher.clone()),
@@ -309,7 +312,7 @@ impl Router {
                     message_type: g.message_type,
                     live: g.live,
                 }),
-                payload: message.payload.clone(),
+                payload: bytes::Bytes::copy_from_slice(&message.payload),
             })
     }
 
