@@ -494,15 +494,10 @@ impl Durable {
     }
 
     /// A ticket for what a record source buffered before this call: the commit covering
-    /// it drains every source afterwards. `awaited`: due at once and fsynced; otherwise
-    /// due after `write_behind` and fsynced by a later commit (like [`Durable::submit_lazy`]).
+    /// it drains every source afterwards. Due at once; `awaited`: fsynced, otherwise
+    /// fsynced by a later commit.
     pub fn barrier(&self, awaited: bool) -> Ticket {
-        let now = Instant::now();
-        let due = if awaited {
-            now
-        } else {
-            now + self.write_behind
-        };
+        let due = Instant::now();
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.slots.push_back(Slot { op: None, due });
         if awaited {

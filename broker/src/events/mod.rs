@@ -15,8 +15,8 @@
 //! Durability follows what the event describes: the event of a QoS >= 1 PUBLISH, and of a
 //! management API change, is durable before the PUBACK / the API answer (they wait for its
 //! ticket, like for the message or the change itself); a QoS 0 message's event, like the
-//! message, may be lost in a crash before the next commit (within the store's
-//! `write_behind_ms`); connection and subscription events likewise, nobody waits for them.
+//! message, may be lost in a crash before the next commit (within [`FLUSH_INTERVAL`]);
+//! connection and subscription events likewise, nobody waits for them.
 //!
 //! Cost when no endpoint wants a kind: one atomic load and one array lookup
 //! ([`Events::wants`]).
@@ -38,6 +38,9 @@ use rookery_bridge::{
 };
 use serde_json::{Map, Value};
 use std::sync::Arc;
+
+/// At the latest this long after it was staged, an event nobody waits for is committed.
+pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// An event's JSON body as it is written: `{"event":…,"delivery":…,"ts":…` so far, then
 /// each field appended. Writing the body directly costs a fraction of building a
@@ -391,6 +394,18 @@ impl Events {
         let (event, ticket) = inner.outbox.revive(letter.endpoint, letter.event)?;
         inner.bridge.requeue(letter.endpoint, event);
         ticket
+    }
+
+    /// Asks for a commit of events staged that nobody waits for; run every
+    /// [`FLUSH_INTERVAL`] for the broker's life (any other commit takes them too).
+    pub async fn flush_periodically(self) {
+        let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+        loop {
+            tick.tick().await;
+            if let Some(inner) = self.shared.current.load().as_ref() {
+                inner.outbox.commit_lazily();
+            }
+        }
     }
 
     /// Stops the delivery workers; what is staged goes with the store's last commit.

@@ -122,6 +122,10 @@ struct Endpoint {
     /// awaited (due now), or only a lazy one.
     awaited_barrier: Option<Ticket>,
     lazy_barrier: bool,
+    /// Written records whose events all left, removed by the next commit: removals ride
+    /// along with commits that happen anyway (or the timer's), never one of their own,
+    /// and never hold back what is behind them.
+    removals: Vec<u64>,
 }
 
 impl Endpoint {
@@ -143,10 +147,17 @@ impl Endpoint {
         self.record_of.insert(event.id, id);
     }
 
-    /// The commit takes what is staged: records with events left are written.
+    /// The commit takes what is staged: records with events left are written, and
+    /// records emptied since the last commit are removed.
     fn drain(&mut self, ops: &mut Vec<Op>) {
         self.awaited_barrier = None;
         self.lazy_barrier = false;
+        for record in self.removals.drain(..) {
+            ops.push(Op::RemoveRecord {
+                space: Space::Outbox,
+                key: record_key(self.key, record),
+            });
+        }
         for record in self.unwritten.drain(..) {
             if self.left.contains_key(&record.id) {
                 ops.push(Op::PutRecord {
@@ -159,7 +170,7 @@ impl Endpoint {
     }
 
     /// An event left the outbox: its record has one fewer, and goes once it has none.
-    fn leave(&mut self, id: u64, ops: &mut Vec<Op>) {
+    fn leave(&mut self, id: u64) {
         let Some(record) = self.record_of.remove(&id) else {
             return;
         };
@@ -172,12 +183,9 @@ impl Endpoint {
         }
         self.left.remove(&record);
         // Still staged: `drain` skips it. Written (or in the commit that drained it, which
-        // is applied before any later one): removed.
+        // is applied before the next one, whose drain removes it): removed.
         if !self.unwritten.iter().any(|r| r.id == record) {
-            ops.push(Op::RemoveRecord {
-                space: Space::Outbox,
-                key: record_key(self.key, record),
-            });
+            self.removals.push(record);
         }
     }
 }
@@ -290,17 +298,36 @@ impl DurableOutbox {
         endpoint.stage(event, &self.ids);
         // The barrier is taken under the endpoint's lock, after staging: the commit that
         // covers it drains this endpoint afterwards, so it holds the event.
-        if awaited {
-            if endpoint.awaited_barrier.is_none() {
-                endpoint.awaited_barrier = Some(durable.barrier(true));
-            }
-            endpoint.awaited_barrier
-        } else {
-            if !endpoint.lazy_barrier && endpoint.awaited_barrier.is_none() {
-                durable.barrier(false);
+        if !awaited {
+            // Written by the next commit, or within `FLUSH_INTERVAL` (`commit_lazily`).
+            return None;
+        }
+        if endpoint.awaited_barrier.is_none() {
+            endpoint.awaited_barrier = Some(durable.barrier(true));
+        }
+        endpoint.awaited_barrier
+    }
+
+    /// Asks for a commit (not fsynced by itself) if some endpoint staged events that no
+    /// barrier covers yet: the timer's turn, so that events nobody waits for reach the
+    /// store within [`super::FLUSH_INTERVAL`] even when nothing else is committed.
+    pub fn commit_lazily(&self) {
+        let Some(durable) = &self.durable else {
+            return;
+        };
+        let mut wanted = false;
+        for endpoint in &self.endpoints {
+            let mut endpoint = endpoint.lock().unwrap_or_else(|e| e.into_inner());
+            if (!endpoint.unwritten.is_empty() || !endpoint.removals.is_empty())
+                && endpoint.awaited_barrier.is_none()
+                && !endpoint.lazy_barrier
+            {
                 endpoint.lazy_barrier = true;
+                wanted = true;
             }
-            None
+        }
+        if wanted {
+            durable.barrier(false);
         }
     }
 
@@ -367,15 +394,11 @@ impl OutboxStore for DurableOutbox {
         let Some(index) = self.index_of(endpoint_key) else {
             return;
         };
-        let mut ops = Vec::new();
+        // Nothing promises a removal durable: at worst an event is sent again.
         if let Some(mut endpoint) = self.endpoint(index) {
             for id in ids {
-                endpoint.leave(*id, &mut ops);
+                endpoint.leave(*id);
             }
-        }
-        // Nothing promises a removal durable: at worst an event is sent again.
-        if let (Some(durable), false) = (&self.durable, ops.is_empty()) {
-            durable.submit_lazy(ops);
         }
     }
 
@@ -383,16 +406,17 @@ impl OutboxStore for DurableOutbox {
         let Some(index) = self.index_of(endpoint_key) else {
             return;
         };
-        let mut ops = vec![Op::PutRecord {
-            space: Space::DeadLetters,
-            key: record_key(endpoint_key, event.id),
-            value: encode_dead_letter(event, last_error),
-        }];
+        // Left first: the commit that takes the dead letter drains the removal of its
+        // record (if it was the last event there) too.
         if let Some(mut endpoint) = self.endpoint(index) {
-            endpoint.leave(event.id, &mut ops);
+            endpoint.leave(event.id);
         }
         if let Some(durable) = &self.durable {
-            durable.submit(ops);
+            durable.submit([Op::PutRecord {
+                space: Space::DeadLetters,
+                key: record_key(endpoint_key, event.id),
+                value: encode_dead_letter(event, last_error),
+            }]);
         }
     }
 }
@@ -401,7 +425,7 @@ impl RecordSource for DurableOutbox {
     fn drain(&self, ops: &mut Vec<Op>) {
         for endpoint in &self.endpoints {
             let mut endpoint = endpoint.lock().unwrap_or_else(|e| e.into_inner());
-            if !endpoint.unwritten.is_empty() {
+            if !endpoint.unwritten.is_empty() || !endpoint.removals.is_empty() {
                 endpoint.drain(ops);
             }
         }

@@ -377,6 +377,7 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
         tokio::spawn(sweep_admission(broker.clone())),
         tokio::spawn(crate::sys::publish_periodically(broker.clone())),
         tokio::spawn(flush_history_chunks(broker.clone())),
+        tokio::spawn(events.flush_periodically()),
     ];
     let commit_task = durable.as_ref().map(|durable| {
         let interval = Duration::from_millis(broker.config.storage.flush_interval_ms.max(1));
