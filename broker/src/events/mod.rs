@@ -300,14 +300,15 @@ impl Events {
             } else {
                 std::mem::replace(&mut head, Fields { body: Vec::new() })
             };
-            let event = Event {
+            let mut event = Event {
                 id,
                 kind,
                 created_ms,
                 body: Body::Json(finish(body, payload, &configs[index]).into()),
             };
-            // Stored (staged, with its ticket) before the bridge may deliver and remove it.
-            ticket = ticket.max(inner.outbox.add(index, &event, awaited));
+            // Stored (staged, with its ticket) before the bridge may deliver and remove it;
+            // the body names its id already, so it keeps it.
+            ticket = ticket.max(inner.outbox.add(index, &mut event, awaited, false));
             inner.bridge.enqueue(index, event);
         }
         ticket
@@ -333,19 +334,20 @@ impl Events {
             .filter(|&i| configs[i].accepts(kind, scope.topic, scope.gid))
             .peekable();
         targets.peek()?;
-        let id = inner.ids.next();
         let created_ms = now_ms();
         let message = Arc::new(message());
         let mut ticket = None;
         for index in targets {
-            let event = Event {
-                id,
+            let mut event = Event {
+                // Given by the outbox: an id of its record's block (so each endpoint's
+                // copy has its own delivery id).
+                id: 0,
                 kind,
                 created_ms,
                 body: Body::Message(Arc::clone(&message)),
             };
             // Stored (staged, with its ticket) before the bridge may deliver and remove it.
-            ticket = ticket.max(inner.outbox.add(index, &event, awaited));
+            ticket = ticket.max(inner.outbox.add(index, &mut event, awaited, true));
             inner.bridge.enqueue(index, event);
         }
         ticket

@@ -284,11 +284,9 @@ impl Router {
         message: &Message,
         group: Option<&GroupRoute>,
     ) -> Option<crate::durable::Ticket> {
-        use rookery_bridge::EventKind;
-        if !self.events.wants(EventKind::MessagePublish)
-            || message.rerouted
-            || message.topic.starts_with('$')
-        {
+        // No `wants` check first: `message_publish` loads the endpoints once and leaves
+        // at once without any; a second load per message showed in profiles.
+        if message.rerouted || message.topic.starts_with('$') {
             return None;
         }
         let scope = crate::events::Scope {
