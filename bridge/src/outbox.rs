@@ -21,8 +21,9 @@ pub enum Enqueued {
 /// The result of [`Outbox::push`], for the caller to act on outside the lock.
 pub(crate) struct Pushed {
     pub outcome: Enqueued,
-    /// Ids to forget in the durable store (dropped oldest, or the refused new one).
-    pub dropped_ids: Vec<u64>,
+    /// Ids to forget in the durable store (dropped oldest, or the refused new one). Inline:
+    /// with a full outbox every push drops one, and a heap `Vec` per event showed.
+    pub dropped_ids: smallvec::SmallVec<[u64; 4]>,
     /// Set when it is time for the (rate-limited) overflow warning: drops since the last one.
     pub warn_dropped: Option<u64>,
 }
@@ -95,7 +96,7 @@ impl Outbox {
         let fits = |events: usize, bytes: usize| {
             events < max_events && bytes.saturating_add(size) <= max_bytes
         };
-        let mut dropped_ids = Vec::new();
+        let mut dropped_ids = smallvec::SmallVec::new();
         let outcome = if fits(self.depth(), self.bytes()) {
             Enqueued::Queued
         } else if self.overflow == Overflow::DropNew
@@ -231,7 +232,7 @@ mod tests {
         }
         let pushed = outbox.push(event(3, 1), now);
         assert_eq!(pushed.outcome, Enqueued::DroppedOldest(1));
-        assert_eq!(pushed.dropped_ids, [0]);
+        assert_eq!(pushed.dropped_ids.as_slice(), [0]);
         assert_eq!(pushed.warn_dropped, Some(1));
         // In-flight events are never dropped.
         let NextBatch::Send(sent) = outbox.next_batch(1, now) else {
@@ -239,7 +240,7 @@ mod tests {
         };
         assert_eq!(ids(&sent), [1]);
         let pushed = outbox.push(event(4, 1), now);
-        assert_eq!(pushed.dropped_ids, [2]);
+        assert_eq!(pushed.dropped_ids.as_slice(), [2]);
         // Rate-limited: the second drop within a second is counted, not warned.
         assert_eq!(pushed.warn_dropped, None);
         assert_eq!(outbox.depth(), 3);
@@ -256,12 +257,12 @@ mod tests {
         }
         let pushed = outbox.push(event(5, 5), now);
         assert_eq!(pushed.outcome, Enqueued::DroppedOldest(3));
-        assert_eq!(pushed.dropped_ids, [0, 1, 2]);
+        assert_eq!(pushed.dropped_ids.as_slice(), [0, 1, 2]);
         assert_eq!(outbox.bytes(), 9);
         // Larger than the whole bound: refused without dropping anything.
         let huge = outbox.push(event(6, 11), now);
         assert_eq!(huge.outcome, Enqueued::DroppedNew);
-        assert_eq!(huge.dropped_ids, [6]);
+        assert_eq!(huge.dropped_ids.as_slice(), [6]);
         assert_eq!(outbox.depth(), 3);
     }
 
@@ -273,7 +274,7 @@ mod tests {
         outbox.push(event(1, 1), now);
         let pushed = outbox.push(event(2, 1), now);
         assert_eq!(pushed.outcome, Enqueued::DroppedNew);
-        assert_eq!(pushed.dropped_ids, [2]);
+        assert_eq!(pushed.dropped_ids.as_slice(), [2]);
         let NextBatch::Send(sent) = outbox.next_batch(5, now) else {
             panic!("a batch should be due");
         };
