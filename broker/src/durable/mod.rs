@@ -723,19 +723,25 @@ impl Durable {
     }
 }
 
+/// A strict `Durable` over a `MemoryStore` (20 ms write-behind), for unit tests.
+#[cfg(test)]
+pub fn in_memory() -> Arc<Durable> {
+    Durable::new(
+        Arc::new(rookery_storage::MemoryStore::new()),
+        Durability::Strict,
+        1,
+        StorageFullPolicy::Refuse,
+        Duration::from_millis(20),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rookery_storage::{MemoryStore, QueueEntry, StoredMessage};
+    use rookery_storage::{QueueEntry, StoredMessage};
 
     fn durable() -> Arc<Durable> {
-        Durable::new(
-            Arc::new(MemoryStore::new()),
-            Durability::Strict,
-            1,
-            StorageFullPolicy::Refuse,
-            Duration::from_millis(20),
-        )
+        in_memory()
     }
 
     /// Queues an entry (with its message) for an online subscriber: due after the

@@ -223,6 +223,19 @@ impl Events {
 }
 
 impl Inner {
+    /// The endpoints (by index) that take this event: its kind, then topic and gid filters.
+    fn targets<'a>(
+        &'a self,
+        kind: EventKind,
+        scope: Scope<'a>,
+    ) -> impl Iterator<Item = usize> + 'a {
+        let configs = self.bridge.endpoints();
+        self.wanted[kind_index(kind)]
+            .iter()
+            .copied()
+            .filter(move |&i| configs[i].accepts(kind, scope.topic, scope.gid))
+    }
+
     /// Recovers the outboxes of `endpoints` and starts their workers; `None` without
     /// endpoints.
     fn start(
@@ -281,11 +294,7 @@ impl Events {
         let current = self.shared.current.load();
         let inner = current.as_ref()?;
         let configs = inner.bridge.endpoints();
-        let mut targets = inner.wanted[kind_index(kind)]
-            .iter()
-            .copied()
-            .filter(|&i| configs[i].accepts(kind, scope.topic, scope.gid))
-            .peekable();
+        let mut targets = inner.targets(kind, scope).peekable();
         targets.peek()?;
         let id = inner.ids.next();
         let created_ms = now_ms();
@@ -327,12 +336,7 @@ impl Events {
         let kind = EventKind::MessagePublish;
         let current = self.shared.current.load();
         let inner = current.as_ref()?;
-        let configs = inner.bridge.endpoints();
-        let mut targets = inner.wanted[kind_index(kind)]
-            .iter()
-            .copied()
-            .filter(|&i| configs[i].accepts(kind, scope.topic, scope.gid))
-            .peekable();
+        let mut targets = inner.targets(kind, scope).peekable();
         targets.peek()?;
         let created_ms = now_ms();
         let message = Arc::new(message());

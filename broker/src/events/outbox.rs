@@ -510,20 +510,8 @@ pub fn stored_events(store: &dyn Store) -> Vec<(u64, Event)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Durability, StorageFullPolicy};
+    use crate::durable::in_memory as durable;
     use rookery_bridge::{Body, EventKind};
-    use rookery_storage::MemoryStore;
-    use std::time::Duration;
-
-    fn durable() -> Arc<Durable> {
-        Durable::new(
-            Arc::new(MemoryStore::new()),
-            Durability::Strict,
-            1,
-            StorageFullPolicy::Refuse,
-            Duration::from_millis(20),
-        )
-    }
 
     fn event(id: u64) -> Event {
         Event {
