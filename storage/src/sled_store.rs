@@ -708,11 +708,28 @@ mod tests {
         }
     }
 
+    /// Opens the store, retrying while one just dropped still holds sled's file lock
+    /// (sled releases it from a background thread).
+    fn reopen(dir: &Path) -> SledStore {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match SledStore::open(dir) {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other.unwrap(),
+            }
+        }
+    }
+
     #[test]
     fn outbox_records_of_an_older_database_move_into_the_log() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = reopen(dir.path());
             // What an older version left: outbox records in the sled tree.
             store
                 .shared
@@ -726,7 +743,7 @@ mod tests {
                 .unwrap();
             store.shared.db.flush().unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert!(store.shared.tree(T::Outbox).is_empty());
         let records = store.records(crate::Space::Outbox, b"").unwrap();
         assert_eq!(
@@ -744,7 +761,7 @@ mod tests {
             .unwrap();
         store.flush().unwrap();
         drop(store);
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(store.records(crate::Space::Outbox, b"").unwrap().len(), 1);
     }
 
