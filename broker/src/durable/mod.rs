@@ -64,9 +64,10 @@ fn record_key(space: Space, key: &[u8]) -> u64 {
 }
 
 /// Spaces whose records are chunks rewritten whole as they fill, each self-contained:
-/// writing a newer version early changes nothing another record depends on.
+/// writing a newer version early changes nothing another record depends on. (Webhook
+/// outbox records are written once, drained from their `RecordSource`.)
 fn rewritten_whole(space: Space) -> bool {
-    matches!(space, Space::History | Space::Outbox)
+    matches!(space, Space::History)
 }
 
 /// What a cancellation freed, handled once the lock is released: dropping a message
@@ -187,7 +188,7 @@ impl Pending {
                 self.append(Op::PutMessage { id, message }, due);
             }
             Op::PutRecord { space, key, value } if rewritten_whole(space) => {
-                // A group's open history chunk (or a webhook outbox chunk) is rewritten
+                // A group's open history chunk is rewritten
                 // whole as it fills; while a version is pending, the new one takes its
                 // place (and keeps the earlier due time), so a batch writes each chunk
                 // once. In place, not appended: every ticket waiting on the earlier
