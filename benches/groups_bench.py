@@ -330,9 +330,10 @@ MODE_ENV = {
     "plain": [],
     # Diagnostic: the same group with group history off (nothing of it is stored).
     "group-nohistory": ["ROOKERY_GROUPS__HISTORY_MAX_MESSAGES=0"],
+    "group-nodur": ["ROOKERY_STORAGE__DURABILITY=none"],
 }
 MODE_TITLE = {"group": "group `groups/{gid}`", "plain": "plain topic",
-              "group-nohistory": "group, history off"}
+              "group-nohistory": "group, history off", "group-nodur": "group, durability none"}
 
 
 def run_fanout(opts, qos: int, mode: str, rep: int) -> dict:

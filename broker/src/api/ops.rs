@@ -1161,7 +1161,10 @@ mod tests {
                 None,
                 None,
                 directory,
-                crate::groups::history::History::new(Default::default(), None),
+                Arc::new(crate::groups::history::History::new(
+                    Default::default(),
+                    None,
+                )),
                 stats,
             );
             let mut config = Config::default();

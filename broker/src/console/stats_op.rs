@@ -41,7 +41,10 @@ mod tests {
             None,
             None,
             Arc::new(Directory::new(None, &[]).unwrap()),
-            crate::groups::history::History::new(Default::default(), None),
+            Arc::new(crate::groups::history::History::new(
+                Default::default(),
+                None,
+            )),
             stats.clone(),
         );
         let config = Config::default();

@@ -36,7 +36,7 @@ pub mod capacity;
 pub mod sessions;
 
 use crate::config::{Durability, StorageFullPolicy};
-use rookery_storage::{Op, Space, StorageError, Store};
+use rookery_storage::{Op, StorageError, Store};
 // Fx hashing: these maps are hit several times per stored message. Client ids in the keys
 // are chosen by clients, but each map lives for one batch and holds only its entries.
 use rustc_hash::FxHashMap as HashMap;
@@ -57,26 +57,11 @@ fn entry_key(client_id: &str, sequence: u64) -> u64 {
     hasher.finish()
 }
 
-/// The `Pending::records` key of a record rewritten whole.
-fn record_key(space: Space, key: &[u8]) -> u64 {
-    use std::hash::BuildHasher;
-    rustc_hash::FxBuildHasher.hash_one((space, key))
-}
-
-/// Spaces whose records are chunks rewritten whole as they fill, each self-contained:
-/// writing a newer version early changes nothing another record depends on. (Webhook
-/// outbox records are written once, drained from their `RecordSource`.)
-fn rewritten_whole(space: Space) -> bool {
-    matches!(space, Space::History)
-}
-
 /// What a cancellation freed, handled once the lock is released: dropping a message
 /// frees several buffers, and opening a gate wakes a task.
 #[derive(Default)]
 struct Cancelled {
     ops: Vec<Op>,
-    /// Record values replaced by newer versions.
-    values: Vec<Vec<u8>>,
     gates: Vec<Arc<AckGate>>,
 }
 
@@ -187,40 +172,6 @@ impl Pending {
                 );
                 self.append(Op::PutMessage { id, message }, due);
             }
-            Op::PutRecord { space, key, value } if rewritten_whole(space) => {
-                // A group's open history chunk is rewritten
-                // whole as it fills; while a version is pending, the new one takes its
-                // place (and keeps the earlier due time), so a batch writes each chunk
-                // once. In place, not appended: every ticket waiting on the earlier
-                // version gets the newer one, a superset of it.
-                let hash = record_key(space, &key);
-                if let Some(slot) = self.records.get(&hash).and_then(|p| {
-                    let index = p.checked_sub(self.base)?;
-                    self.slots.get_mut(usize::try_from(index).ok()?)
-                }) {
-                    if let Some(Op::PutRecord {
-                        space: pending_space,
-                        key: pending_key,
-                        value: pending_value,
-                    }) = &mut slot.op
-                    {
-                        if *pending_space == space && *pending_key == key {
-                            cancelled
-                                .values
-                                .push(std::mem::replace(pending_value, value));
-                            slot.due = slot.due.min(due);
-                            return false;
-                        }
-                    }
-                }
-                self.records.insert(hash, position);
-                self.append(Op::PutRecord { space, key, value }, due);
-            }
-            Op::RemoveRecord { space, key } if rewritten_whole(space) => {
-                // A later put of this key must come after the removal.
-                self.records.remove(&record_key(space, &key));
-                self.append(Op::RemoveRecord { space, key }, due);
-            }
             other => self.append(other, due),
         }
         true
@@ -276,7 +227,6 @@ impl Pending {
         // What was taken can no longer be cancelled.
         self.enqueued.retain(|_, position| *position >= cut);
         self.messages.retain(|_, m| m.position >= cut);
-        self.records.retain(|_, position| *position >= cut);
         (ops, start, cut)
     }
 
@@ -369,9 +319,6 @@ struct Pending {
     /// it is never cancelled (another subscriber's entry may still follow), so the
     /// message is never dropped from a batch that a later entry depends on.
     messages: HashMap<u64, PendingMessage>,
-    /// Where each pending put of a record rewritten whole is (by key hash), to be
-    /// replaced by a newer version of the same chunk.
-    records: HashMap<u64, Ticket>,
 }
 
 struct PendingMessage {
@@ -445,7 +392,6 @@ impl Durable {
                 awaited_through: 0,
                 enqueued: HashMap::default(),
                 messages: HashMap::default(),
-                records: HashMap::default(),
             }),
             wake: Notify::new(),
             committed,
@@ -783,42 +729,6 @@ mod tests {
     fn pending_ops(durable: &Durable) -> usize {
         let pending = durable.pending.lock().unwrap();
         pending.slots.iter().filter(|s| s.op.is_some()).count()
-    }
-
-    #[test]
-    fn a_pending_history_chunk_is_replaced_in_place_by_its_next_version() {
-        let durable = durable();
-        let put = |value: &[u8]| Op::PutRecord {
-            space: Space::History,
-            key: b"chunk".to_vec(),
-            value: value.to_vec(),
-        };
-        let first = durable.submit([put(b"1")]);
-        durable.submit([Op::PutRecord {
-            space: Space::Users,
-            key: b"chunk".to_vec(),
-            value: b"other space".to_vec(),
-        }]);
-        let second = durable.submit([put(b"12")]);
-        assert_eq!(pending_ops(&durable), 2, "one version of the chunk pending");
-        {
-            let mut pending = durable.pending.lock().unwrap();
-            // A prefix up to the first ticket writes the newest version: whoever waits
-            // for the first version gets a superset of it.
-            let (ops, _, end) = pending.take(None);
-            assert!(end >= second && end >= first);
-            assert!(
-                matches!(&ops[0], Op::PutRecord { space: Space::History, value, .. } if value == b"12")
-            );
-        }
-        // Once taken, or after a removal, a new version is a new operation.
-        durable.submit([put(b"123")]);
-        durable.submit([Op::RemoveRecord {
-            space: Space::History,
-            key: b"chunk".to_vec(),
-        }]);
-        durable.submit([put(b"9")]);
-        assert_eq!(pending_ops(&durable), 3, "put, removal, put: order kept");
     }
 
     #[test]

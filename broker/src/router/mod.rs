@@ -15,6 +15,7 @@ use crate::config::StorageFullPolicy;
 use crate::durable::{AckGate, Durable};
 use crate::groups::acl::Allow;
 use crate::groups::enforce::GroupRoute;
+use crate::groups::history::Write;
 use crate::message::Message;
 use crate::session::{Delivery, SessionCore, SessionState};
 use crate::stats::Stats;
@@ -46,7 +47,7 @@ pub struct Router {
     pub retained: Retained,
     acl: RwLock<Option<Arc<Acl>>>,
     /// The last messages of each stored group.
-    pub history: crate::groups::history::History,
+    pub history: Arc<crate::groups::history::History>,
     /// Which users are online, for `$groups/{gid}/presence`.
     pub presence: crate::groups::presence::Presence,
     /// Round-robin messages waiting for an eligible member to come online, per gid
@@ -68,7 +69,7 @@ impl Router {
         acl: Option<Acl>,
         durable: Option<Arc<Durable>>,
         directory: Arc<crate::groups::directory::Directory>,
-        history: crate::groups::history::History,
+        history: Arc<crate::groups::history::History>,
         stats: Arc<Stats>,
     ) -> Router {
         Router {
@@ -559,16 +560,17 @@ impl Router {
             payload: &message.payload,
         };
         let awaited = message.qos != QoS::AtMostOnce;
-        let ops = self.history.record(group.gid, entry, awaited, now);
-        match &self.durable {
-            Some(durable) if !ops.is_empty() && awaited => Some(durable.submit(ops)),
-            // QoS 0 promises nothing: its entry is written behind, without an fsync of
-            // its own (most of the cost of history at high rates).
-            Some(durable) if !ops.is_empty() => {
-                durable.submit_lazy(ops);
+        let write = self.history.record(group.gid, entry, awaited, now);
+        let durable = self.durable.as_ref()?;
+        match write {
+            Write::Awaited => Some(durable.barrier(true)),
+            // QoS 0 promises nothing: its entries are written behind, without an fsync
+            // of their own (most of the cost of history at high rates).
+            Write::Soon => {
+                durable.barrier(false);
                 None
             }
-            _ => None,
+            Write::Nothing => None,
         }
     }
 }

@@ -256,15 +256,11 @@ impl BrokerHandle {
         // Undelivered events wait for the next start (the last commit writes the staged).
         self.broker.router.events.shutdown().await;
         if let Some(durable) = &self.broker.durable {
-            // Open QoS 0 history chunks too.
-            let open = self
-                .broker
+            // Open QoS 0 history chunks too (written by the drain's last commit).
+            self.broker
                 .router
                 .history
                 .flush_due(crate::groups::now_secs(), true);
-            if !open.is_empty() {
-                durable.submit(open);
-            }
             // Everything submitted reaches the disk, including what `batched` had not
             // flushed yet.
             if let Err(error) = durable.drain().await {
@@ -304,10 +300,14 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
         dir: config.storage.data_dir.clone(),
         source: rookery_storage::StorageError::Corrupt(e),
     })?;
-    let history = crate::groups::history::History::new(
+    let history = Arc::new(crate::groups::history::History::new(
         config.groups.clone(),
         durable.as_ref().map(|d| d.store().clone()),
-    );
+    ));
+    if let Some(durable) = &durable {
+        let source: Arc<dyn crate::durable::RecordSource> = history.clone();
+        durable.add_source(Arc::downgrade(&source));
+    }
     let router = Router::new(
         retained,
         acl,
@@ -508,12 +508,12 @@ async fn flush_history_chunks(broker: Arc<Broker>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
-        let ops = broker
+        if broker
             .router
             .history
-            .flush_due(crate::groups::now_secs(), false);
-        if !ops.is_empty() {
-            durable.submit_lazy(ops);
+            .flush_due(crate::groups::now_secs(), false)
+        {
+            durable.barrier(false);
         }
     }
 }
