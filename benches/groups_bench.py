@@ -330,6 +330,7 @@ MODE_ENV = {
     "plain": [],
     # Diagnostic: the same group with group history off (nothing of it is stored).
     "group-nohistory": ["ROOKERY_GROUPS__HISTORY_MAX_MESSAGES=0"],
+    # Diagnostic: the same group with no store at all (history in memory only).
     "group-nodur": ["ROOKERY_STORAGE__DURABILITY=none"],
 }
 MODE_TITLE = {"group": "group `groups/{gid}`", "plain": "plain topic",
@@ -718,7 +719,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3, help="repetitions for fanout and api (default 3)")
     ap.add_argument("--qos", default="0,1", help="fanout QoS levels (default 0,1)")
     ap.add_argument("--modes", default="group,plain",
-                    help="fanout runs: group, plain, group-nohistory (diagnostic: group history off)")
+                    help="fanout runs: group, plain, group-nohistory, group-nodur "
+                         "(diagnostics: group history off; durability none)")
     ap.add_argument("--subscribers", type=int, default=100)
     ap.add_argument("--duration", type=float, default=8.0, help="fanout measured seconds (default 8)")
     ap.add_argument("--warmup", type=float, default=2.0)
