@@ -433,11 +433,12 @@ impl Durable {
         self.submit_due(ops, Instant::now() + self.write_behind, false);
     }
 
-    /// Drains `source` at every commit for as long as it lives.
-    pub fn add_source(&self, source: std::sync::Weak<dyn RecordSource>) {
+    /// Drains `source` at every commit for as long as it lives (held weakly).
+    pub fn add_source<S: RecordSource + 'static>(&self, source: &Arc<S>) {
+        let source: Arc<dyn RecordSource> = source.clone();
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
         sources.retain(|s| s.strong_count() > 0);
-        sources.push(source);
+        sources.push(Arc::downgrade(&source));
     }
 
     /// A ticket for what a record source buffered before this call: the commit covering

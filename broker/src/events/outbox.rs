@@ -333,8 +333,7 @@ impl DurableOutbox {
     /// Starts draining the outbox into the store's commits (once it is in an `Arc`).
     pub fn attach(self: &Arc<Self>) {
         if let Some(durable) = &self.durable {
-            let source: Arc<dyn RecordSource> = self.clone();
-            durable.add_source(Arc::downgrade(&source));
+            durable.add_source(self);
         }
     }
 

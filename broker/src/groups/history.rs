@@ -121,8 +121,8 @@ impl OpenChunk {
 struct ClosedChunk {
     first_id: u64,
     bytes: Vec<u8>,
-    /// The drain that put it, once one has.
-    put_by: Option<u64>,
+    /// A drain has put it (the next one drops it).
+    put: bool,
 }
 
 /// A message to add to a group's history, borrowed from the message being routed.
@@ -176,25 +176,22 @@ struct Bounds {
     in_memory: VecDeque<Entry>,
 }
 
+impl Bounds {
+    /// Lists the group for the next drain (once).
+    fn touch(&mut self, gid: Gid, touched: &mut Vec<Gid>) {
+        if !self.touched {
+            self.touched = true;
+            touched.push(gid);
+        }
+    }
+}
+
 #[derive(Default)]
 struct Groups {
     bounds: FxHashMap<Gid, Bounds>,
     /// Groups with something for the next drain: an awaited open chunk, closed chunks,
     /// removals.
     touched: Vec<Gid>,
-    /// How many drains so far.
-    drains: u64,
-}
-
-impl Groups {
-    fn touch(&mut self, gid: Gid) {
-        if let Some(bounds) = self.bounds.get_mut(&gid) {
-            if !bounds.touched {
-                bounds.touched = true;
-                self.touched.push(gid);
-            }
-        }
-    }
 }
 
 pub struct History {
@@ -275,7 +272,7 @@ impl History {
             bounds.closed.push(ClosedChunk {
                 first_id: open.first_id,
                 bytes: open.bytes,
-                put_by: None,
+                put: false,
             });
         }
         let oldest = now.saturating_sub(self.config.history_max_age_secs);
@@ -301,7 +298,8 @@ impl History {
             return Write::Nothing;
         }
         let mut groups = self.lock();
-        let bounds = groups.bounds.entry(gid).or_insert_with(|| self.load(gid));
+        let Groups { bounds, touched } = &mut *groups;
+        let bounds = bounds.entry(gid).or_insert_with(|| self.load(gid));
         if self.store.is_none() {
             // Memory only: the whole history; trimmed as it grows.
             bounds.in_memory.push_back(entry.to_entry());
@@ -327,7 +325,7 @@ impl History {
         if full || old {
             self.close_chunk(bounds, now);
         }
-        groups.touch(gid);
+        bounds.touch(gid, touched);
         write
     }
 
@@ -338,18 +336,17 @@ impl History {
             return false;
         }
         let mut groups = self.lock();
-        let mut due = Vec::new();
-        for (gid, bounds) in groups.bounds.iter_mut() {
+        let Groups { bounds, touched } = &mut *groups;
+        let mut closed = false;
+        for (gid, bounds) in bounds.iter_mut() {
             let open = &bounds.open;
             if open.count > 0 && (all || now.saturating_sub(open.oldest) >= CHUNK_AGE_SECS) {
                 self.close_chunk(bounds, now);
-                due.push(*gid);
+                bounds.touch(*gid, touched);
+                closed = true;
             }
         }
-        for gid in &due {
-            groups.touch(*gid);
-        }
-        !due.is_empty()
+        closed
     }
 
     /// `gid`'s history, oldest first: at most `history_max_messages`, none older than
@@ -412,15 +409,12 @@ impl RecordSource for History {
     /// drain put (that commit has been applied).
     fn drain(&self, ops: &mut Vec<Op>) {
         let mut groups = self.lock();
-        if groups.touched.is_empty() {
-            return;
-        }
-        groups.drains += 1;
-        let drain = groups.drains;
-        let touched = std::mem::take(&mut groups.touched);
-        let mut again = Vec::new();
-        for gid in touched {
-            let Some(bounds) = groups.bounds.get_mut(&gid) else {
+        let Groups {
+            bounds: all,
+            touched,
+        } = &mut *groups;
+        for gid in std::mem::take(touched) {
+            let Some(bounds) = all.get_mut(&gid) else {
                 continue; // forgotten since
             };
             bounds.touched = false;
@@ -430,9 +424,9 @@ impl RecordSource for History {
                 self.close_chunk(bounds, now);
             }
             // Put by the previous drain: applied by now.
-            bounds.closed.retain(|c| c.put_by.is_none());
-            for chunk in bounds.closed.iter_mut().filter(|c| c.put_by.is_none()) {
-                chunk.put_by = Some(drain);
+            bounds.closed.retain(|c| !c.put);
+            for chunk in &mut bounds.closed {
+                chunk.put = true;
                 ops.push(Op::PutRecord {
                     space: Space::History,
                     key: key(gid, chunk.first_id),
@@ -445,11 +439,9 @@ impl RecordSource for History {
             }));
             if !bounds.closed.is_empty() {
                 // To be dropped by the next drain.
-                bounds.touched = true;
-                again.push(gid);
+                bounds.touch(gid, touched);
             }
         }
-        groups.touched.extend(again);
     }
 }
 

@@ -305,8 +305,7 @@ pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
         durable.as_ref().map(|d| d.store().clone()),
     ));
     if let Some(durable) = &durable {
-        let source: Arc<dyn crate::durable::RecordSource> = history.clone();
-        durable.add_source(Arc::downgrade(&source));
+        durable.add_source(&history);
     }
     let router = Router::new(
         retained,
