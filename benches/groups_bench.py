@@ -10,7 +10,7 @@ for many groups, and management API throughput/latency.
 Parts:
 
 - fanout: 1 publisher -> 100 subscribers, 64 B, closed loop (window 1000), QoS 0 and
-  QoS 1, with `rookery-load fanout --credentials FILE`. "group": 101 users (100
+  QoS 1 (at most --max-inflight unacknowledged QoS 1 publishes, default 100), with `rookery-load fanout --credentials FILE`. "group": 101 users (100
   subscribers + the publisher, each logging in with its address/token), all members of
   one group; subscribers on `groups/{gid}`, the publisher on `groups/{gid}`. "plain":
   the same 101 users and credentials on a plain topic. Both run in the same invocation,
@@ -347,7 +347,7 @@ def run_fanout(opts, qos: int, mode: str, rep: int) -> dict:
         creds = Path(b.tmp.name) / "credentials.txt"
         creds.write_text("".join(f"{a} {tokens[a]}\n" for a in names))
         cmd = [opts.load, "fanout", "--publishers", "1", "--subscribers", str(n),
-               "--qos", str(qos), "--payload", "64", "--window", "1000", "--max-inflight", "100",
+               "--qos", str(qos), "--payload", "64", "--window", "1000", "--max-inflight", str(opts.max_inflight),
                "--credentials", str(creds),
                "--port", str(b.mqtt_port), "--broker-pid", str(b.pid),
                "--duration", str(opts.duration), "--warmup", str(opts.warmup),
@@ -400,7 +400,8 @@ def part_fanout(opts, report: list[str], raw: dict) -> None:
                 log(f"  {compare.fmt(r.get('delivery_rate'))} deliveries/s, "
                     f"{r.get('cpu_us_per_delivery')} µs/delivery, p99 {compare.fmt(lat.get('p99'))} µs, "
                     f"loss {r.get('loss')}, other load {r.get('other_cpu_pct')}%")
-    report.append("### Group fan-out vs plain topic (1 → 100, 64 B, closed loop, window 1000)")
+    report.append("### Group fan-out vs plain topic (1 → 100, 64 B, closed loop, window 1000, "
+                  f"{opts.max_inflight} QoS 1 publishes in flight)")
     report.append("")
     report.append(f"{opts.reps} repetition(s), alternating; measured {opts.duration:g} s after "
                   f"{opts.warmup:g} s warm-up; fresh broker (durability strict) per run; "
@@ -722,6 +723,8 @@ def main() -> int:
                     help="fanout runs: group, plain, group-nohistory, group-nodur "
                          "(diagnostics: group history off; durability none)")
     ap.add_argument("--subscribers", type=int, default=100)
+    ap.add_argument("--max-inflight", type=int, default=100,
+                    help="fanout: the publisher's unacknowledged QoS 1 publishes (default 100)")
     ap.add_argument("--duration", type=float, default=8.0, help="fanout measured seconds (default 8)")
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--drain", type=float, default=2.0)
