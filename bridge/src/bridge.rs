@@ -98,6 +98,16 @@ impl Bridge {
         }
     }
 
+    /// Whether endpoint `endpoint_index` refuses every new event now (`drop_new` and a
+    /// full outbox); if so one drop is counted, and the caller should build nothing for
+    /// it. An index with no endpoint refuses too.
+    pub fn refuses(&self, endpoint_index: usize) -> bool {
+        self.inner
+            .endpoints
+            .get(endpoint_index)
+            .is_none_or(|endpoint| endpoint.refuses())
+    }
+
     /// A dead letter retried through the API: queued again with a fresh age. The bridge sets
     /// `created_ms` to now, so the event gets a whole `max_age_secs` again (and its latency
     /// is measured from the retry); the broker should store it in the outbox with the same

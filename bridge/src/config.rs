@@ -28,10 +28,15 @@ pub enum PayloadEncoding {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Overflow {
-    /// Drop the oldest queued (not in-flight) events to make room for the new one.
-    #[default]
+    /// Drop the oldest queued (not in-flight) events to make room for the new one. Every
+    /// event is then still built, stored and removed again, so a dead endpoint costs the
+    /// publishers about what a healthy one does.
     DropOldest,
-    /// Refuse the new event.
+    /// Refuse the new event: the default, as for `[mqtt] overflow_policy`. The endpoint
+    /// gets the oldest undelivered events, without a gap, once it recovers, and while the
+    /// outbox is full a new event costs the publisher a flag check and a counter
+    /// (nothing is built or stored for it).
+    #[default]
     DropNew,
 }
 
@@ -339,7 +344,7 @@ mod tests {
         assert_eq!(parsed.backoff_max_ms, 30_000);
         assert_eq!(parsed.outbox_max_events, 100_000);
         assert_eq!(parsed.outbox_max_bytes, 64 << 20);
-        assert_eq!(parsed.overflow, Overflow::DropOldest);
+        assert_eq!(parsed.overflow, Overflow::DropNew);
         assert_eq!(parsed.payload_encoding, PayloadEncoding::Auto);
         assert!(parsed.secret.is_empty());
         assert!(parsed.validate().is_ok());
@@ -347,11 +352,11 @@ mod tests {
         let full: WebhookConfig = serde_json::from_value(serde_json::json!({
             "url": "https://h/x", "name": "audit", "secret": "s", "events": ["group.members"],
             "topics": ["groups/#"], "gids": [7], "payload_encoding": "base64",
-            "overflow": "drop_new", "batch_max": 50, "headers": {"Authorization": "Bearer t"}
+            "overflow": "drop_oldest", "batch_max": 50, "headers": {"Authorization": "Bearer t"}
         }))
         .unwrap();
         assert_eq!(full.payload_encoding, PayloadEncoding::Base64);
-        assert_eq!(full.overflow, Overflow::DropNew);
+        assert_eq!(full.overflow, Overflow::DropOldest);
         assert_eq!(full.display_name(), "audit");
         assert!(full.validate().is_ok());
 

@@ -24,8 +24,6 @@ pub(crate) struct Pushed {
     /// Ids to forget in the durable store (dropped oldest, or the refused new one). Inline:
     /// with a full outbox every push drops one, and a heap `Vec` per event showed.
     pub dropped_ids: smallvec::SmallVec<[u64; 4]>,
-    /// Set when it is time for the (rate-limited) overflow warning: drops since the last one.
-    pub warn_dropped: Option<u64>,
 }
 
 /// What the dispatcher should do next.
@@ -43,9 +41,6 @@ struct Queued {
     due_at: Instant,
 }
 
-/// At most one overflow warning per endpoint per this interval.
-const WARN_INTERVAL: Duration = Duration::from_secs(1);
-
 pub(crate) struct Outbox {
     ready: VecDeque<Queued>,
     ready_bytes: usize,
@@ -55,8 +50,6 @@ pub(crate) struct Outbox {
     max_bytes: usize,
     overflow: Overflow,
     batch_age: Duration,
-    last_warn: Option<Instant>,
-    dropped_since_warn: u64,
 }
 
 impl Outbox {
@@ -75,8 +68,6 @@ impl Outbox {
             max_bytes,
             overflow,
             batch_age,
-            last_warn: None,
-            dropped_since_warn: 0,
         }
     }
 
@@ -125,28 +116,18 @@ impl Outbox {
                 due_at: now + self.batch_age,
             });
         }
-        let warn_dropped = self.note_drops(dropped_ids.len() as u64, now);
         Pushed {
             outcome,
             dropped_ids,
-            warn_dropped,
         }
     }
 
-    /// Counts drops for the rate-limited warning; returns the count to log when one is due.
-    fn note_drops(&mut self, dropped: u64, now: Instant) -> Option<u64> {
-        if dropped == 0 {
-            return None;
-        }
-        self.dropped_since_warn += dropped;
-        let due = self
-            .last_warn
-            .is_none_or(|last| now.duration_since(last) >= WARN_INTERVAL);
-        if !due {
-            return None;
-        }
-        self.last_warn = Some(now);
-        Some(std::mem::take(&mut self.dropped_since_warn))
+    /// Whether every new event would be refused now, whatever its size: `drop_new` and the
+    /// outbox at its bound. Mirrored in an atomic after every change (`worker.rs`), so
+    /// that a publisher can skip building an event nobody will keep.
+    pub fn refuses_every_event(&self) -> bool {
+        self.overflow == Overflow::DropNew
+            && (self.depth() >= self.max_events || self.bytes() >= self.max_bytes)
     }
 
     /// The next request's events, if one is due: a full batch at once, a partial one when its
@@ -233,7 +214,7 @@ mod tests {
         let pushed = outbox.push(event(3, 1), now);
         assert_eq!(pushed.outcome, Enqueued::DroppedOldest(1));
         assert_eq!(pushed.dropped_ids.as_slice(), [0]);
-        assert_eq!(pushed.warn_dropped, Some(1));
+        assert!(!outbox.refuses_every_event(), "drop_oldest makes room");
         // In-flight events are never dropped.
         let NextBatch::Send(sent) = outbox.next_batch(1, now) else {
             panic!("a batch should be due");
@@ -241,11 +222,31 @@ mod tests {
         assert_eq!(ids(&sent), [1]);
         let pushed = outbox.push(event(4, 1), now);
         assert_eq!(pushed.dropped_ids.as_slice(), [2]);
-        // Rate-limited: the second drop within a second is counted, not warned.
-        assert_eq!(pushed.warn_dropped, None);
         assert_eq!(outbox.depth(), 3);
-        let later = outbox.push(event(5, 1), now + WARN_INTERVAL);
-        assert_eq!(later.warn_dropped, Some(2));
+    }
+
+    #[test]
+    fn drop_new_refuses_every_event_exactly_while_full() {
+        let now = Instant::now();
+        let mut outbox = Outbox::new(2, 100, Overflow::DropNew, Duration::ZERO);
+        outbox.push(event(0, 1), now);
+        assert!(!outbox.refuses_every_event());
+        outbox.push(event(1, 1), now);
+        assert!(outbox.refuses_every_event(), "at the event bound");
+        assert_eq!(outbox.push(event(2, 1), now).outcome, Enqueued::DroppedNew);
+        // Sent and delivered: room again.
+        let NextBatch::Send(sent) = outbox.next_batch(1, now) else {
+            panic!("a batch should be due");
+        };
+        assert!(outbox.refuses_every_event(), "in flight still counts");
+        outbox.finish(&sent);
+        assert!(!outbox.refuses_every_event());
+        // The byte bound: full bytes refuse everything; a big event alone does not.
+        let mut outbox = Outbox::new(100, 10, Overflow::DropNew, Duration::ZERO);
+        assert_eq!(outbox.push(event(3, 11), now).outcome, Enqueued::DroppedNew);
+        assert!(!outbox.refuses_every_event(), "a smaller event would fit");
+        outbox.push(event(4, 10), now);
+        assert!(outbox.refuses_every_event());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! burials.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -33,6 +34,10 @@ pub(crate) struct Endpoint {
     pub config: WebhookConfig,
     pub key: u64,
     outbox: Mutex<Outbox>,
+    /// [`Outbox::refuses_every_event`] as of the last change of the outbox, read without
+    /// its lock by [`Endpoint::refuses`].
+    refusing: AtomicBool,
+    overflow_warning: OverflowWarning,
     /// Signalled on every enqueue; the worker listens only while it waits for events.
     wake: Notify,
     pub counters: Counters,
@@ -51,6 +56,8 @@ impl Endpoint {
             key: config.endpoint_key(),
             config,
             outbox: Mutex::new(outbox),
+            refusing: AtomicBool::new(false),
+            overflow_warning: OverflowWarning::default(),
             wake: Notify::new(),
             counters: Counters::default(),
             store,
@@ -59,8 +66,11 @@ impl Endpoint {
 
     /// A poisoned lock only means another thread panicked mid-update; the counters in the
     /// outbox stay usable, and the publisher path must not panic in turn.
-    fn outbox(&self) -> MutexGuard<'_, Outbox> {
-        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    fn outbox(&self) -> OutboxGuard<'_> {
+        OutboxGuard {
+            outbox: self.outbox.lock().unwrap_or_else(|e| e.into_inner()),
+            refusing: &self.refusing,
+        }
     }
 
     /// The publisher path: a short lock, a notify, and the store told about any drop.
@@ -70,13 +80,29 @@ impl Endpoint {
             self.wake.notify_one();
         }
         if !pushed.dropped_ids.is_empty() {
-            Counters::add(
-                &self.counters.dropped_overflow,
-                pushed.dropped_ids.len() as u64,
-            );
+            self.count_dropped(pushed.dropped_ids.len() as u64);
             self.store.remove(self.key, &pushed.dropped_ids);
         }
-        if let Some(dropped) = pushed.warn_dropped {
+        pushed.outcome
+    }
+
+    /// Whether the outbox refuses every new event (`drop_new`, full); if so, counts one
+    /// dropped. No lock: the publisher builds, stages and stores nothing for an event
+    /// that would only be refused, so a dead endpoint with a full outbox costs it a load
+    /// and a counter (0.75x the publish rate without a webhook when every such event was
+    /// built and staged first, QoS 0, 20 publishers). An outbox that just got room may
+    /// still refuse one event: as if it had come a moment earlier.
+    pub fn refuses(&self) -> bool {
+        if !self.refusing.load(Relaxed) {
+            return false;
+        }
+        self.count_dropped(1);
+        true
+    }
+
+    fn count_dropped(&self, dropped: u64) {
+        Counters::add(&self.counters.dropped_overflow, dropped);
+        if let Some(dropped) = self.overflow_warning.note(dropped, now_ms()) {
             tracing::warn!(
                 endpoint = self.config.display_name(),
                 dropped,
@@ -84,11 +110,9 @@ impl Endpoint {
                 "webhook outbox full: events dropped"
             );
         }
-        pushed.outcome
     }
 
     pub fn stats(&self) -> EndpointStats {
-        use std::sync::atomic::Ordering::Relaxed;
         let (depth, bytes) = {
             let outbox = self.outbox();
             (outbox.depth() as u64, outbox.bytes() as u64)
@@ -122,6 +146,62 @@ impl Endpoint {
                 "webhook events reached max age: moved to dead letters"
             );
         }
+    }
+}
+
+/// The endpoint's outbox, locked; on unlock the lock-free refusal flag is brought up to
+/// date, so that it never lags a change made under the lock.
+struct OutboxGuard<'a> {
+    outbox: MutexGuard<'a, Outbox>,
+    refusing: &'a AtomicBool,
+}
+
+impl std::ops::Deref for OutboxGuard<'_> {
+    type Target = Outbox;
+    fn deref(&self) -> &Outbox {
+        &self.outbox
+    }
+}
+
+impl std::ops::DerefMut for OutboxGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Outbox {
+        &mut self.outbox
+    }
+}
+
+impl Drop for OutboxGuard<'_> {
+    fn drop(&mut self) {
+        self.refusing
+            .store(self.outbox.refuses_every_event(), Relaxed);
+    }
+}
+
+/// At most one overflow warning per endpoint per this interval.
+const WARN_INTERVAL_MS: u64 = 1000;
+
+/// Rate-limits the overflow warning without a lock (drops are counted on the publisher
+/// path): the drops since the last warning, and when that was.
+#[derive(Default)]
+struct OverflowWarning {
+    since_last: AtomicU64,
+    /// Milliseconds since the epoch; 0: never warned.
+    last_ms: AtomicU64,
+}
+
+impl OverflowWarning {
+    /// Counts `dropped` at `now` (ms since the epoch); the count to log when a warning is
+    /// due.
+    fn note(&self, dropped: u64, now: u64) -> Option<u64> {
+        self.since_last.fetch_add(dropped, Relaxed);
+        let last = self.last_ms.load(Relaxed);
+        if last != 0 && now.saturating_sub(last) < WARN_INTERVAL_MS {
+            return None;
+        }
+        // One caller wins the turn.
+        self.last_ms
+            .compare_exchange(last, now.max(1), Relaxed, Relaxed)
+            .ok()?;
+        Some(self.since_last.swap(0, Relaxed))
     }
 }
 
@@ -279,7 +359,6 @@ impl Worker {
     }
 
     fn finish(&mut self, id: Id, result: Result<(), String>) {
-        use std::sync::atomic::Ordering::Relaxed;
         let Some(InFlight { events, started }) = self.in_flight.remove(&id) else {
             return;
         };
@@ -422,4 +501,23 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OverflowWarning;
+
+    #[test]
+    fn the_overflow_warning_comes_at_most_once_a_second_with_every_drop_counted() {
+        let warning = OverflowWarning::default();
+        assert_eq!(warning.note(1, 10_000), Some(1), "the first drop warns");
+        assert_eq!(warning.note(3, 10_500), None, "counted, not warned");
+        assert_eq!(warning.note(1, 10_999), None);
+        assert_eq!(
+            warning.note(2, 11_000),
+            Some(6),
+            "every drop since the last"
+        );
+        assert_eq!(warning.note(1, 11_001), None);
+    }
 }

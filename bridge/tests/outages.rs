@@ -129,6 +129,7 @@ async fn drop_oldest_makes_room_by_dropping_queued_events() {
     let mut endpoint = config(format!("http://{}/hook", unused_addr()));
     endpoint.outbox_max_events = 10;
     endpoint.concurrency = 1;
+    endpoint.overflow = Overflow::DropOldest;
     let bridge = Bridge::start(vec![endpoint], store.clone(), vec![]);
     let mut dropped = 0;
     for id in 0..25 {
@@ -164,6 +165,41 @@ async fn drop_new_refuses_the_newest_events() {
     let stats = &bridge.stats()[0];
     assert_eq!(stats.dropped_overflow, 15);
     assert_eq!(stats.outbox_depth, 10);
+    // Full: the publisher's check refuses (and counts) before building an event.
+    assert!(bridge.refuses(0));
+    assert!(bridge.refuses(0));
+    assert_eq!(bridge.stats()[0].dropped_overflow, 17);
+    assert!(bridge.refuses(1), "no such endpoint");
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_drop_new_outbox_takes_events_again_once_some_are_delivered() {
+    let server = TestServer::start().await;
+    server.otherwise(Answer::status(500));
+    let store = Arc::new(MemoryStore::default());
+    let mut endpoint = config(server.url());
+    endpoint.outbox_max_events = 5;
+    endpoint.backoff_initial_ms = 50;
+    endpoint.backoff_max_ms = 50;
+    let bridge = Bridge::start(vec![endpoint], store.clone(), vec![]);
+    for id in 0..5 {
+        assert_eq!(bridge.enqueue(0, message(id)), Enqueued::Queued);
+    }
+    assert!(bridge.refuses(0), "the default policy is drop_new");
+    server.otherwise(Answer::status(204));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bridge.stats()[0].outbox_depth > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "never delivered: {:?}",
+            bridge.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!bridge.refuses(0), "room again after delivery");
+    assert_eq!(bridge.enqueue(0, message(5)), Enqueued::Queued);
+    assert_eq!(bridge.stats()[0].dropped_overflow, 1);
     bridge.shutdown().await;
 }
 
@@ -190,6 +226,7 @@ async fn enqueue_does_not_block_on_a_dead_endpoint() {
     let store = Arc::new(MemoryStore::default());
     let mut endpoint = config(format!("http://{}/hook", unused_addr()));
     endpoint.outbox_max_events = 50_000;
+    endpoint.overflow = Overflow::DropOldest;
     let bridge = Bridge::start(vec![endpoint], store.clone(), vec![]);
     let events: Vec<_> = (0..100_000).map(message).collect();
     let started = Instant::now();

@@ -374,3 +374,56 @@ async fn events_past_their_maximum_age_become_dead_letters_that_the_api_retries(
     assert_eq!(left["total"], 0, "{left}");
     broker.stop().await;
 }
+
+/// The default overflow policy, `drop_new`: a dead endpoint's full outbox refuses new
+/// events before anything of them is built or stored, counts them, and keeps the oldest,
+/// which a restarted broker delivers once the endpoint answers — and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_keeps_the_oldest_events_and_stores_none_it_refused() {
+    let data = tempfile::tempdir().expect("a data directory");
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        listener.local_addr().expect("an address")
+    };
+    let configure = |config: &mut rookery::config::Config, url: String| {
+        config.auth.admin_token = Some(APP.into());
+        config.storage.data_dir = data.path().to_path_buf();
+        config.webhooks.push(endpoint(url, |c| {
+            // The same outbox whatever the URL.
+            c.name = Some("crm".into());
+            c.events = vec!["message.publish".into()];
+            c.outbox_max_events = 5;
+        }));
+    };
+    let broker = TestBroker::start_with(|c| configure(c, format!("http://{dead}/hook"))).await;
+    let mut publisher = connect(broker.addr, "p").await;
+    for i in 0..20 {
+        publisher
+            .publish(&format!("t/{i}"), QoS::AtLeastOnce, false, b"x")
+            .await;
+    }
+    let stats = api_stats(&broker).await;
+    assert_eq!(stats["dropped_overflow"], 15, "{stats}");
+    assert_eq!(stats["outbox_depth"], 5, "{stats}");
+    assert_eq!(stats["delivered"], 0, "{stats}");
+    broker.stop().await;
+
+    let hook = Hook::default();
+    let (addr, _server) = hook::start(hook.clone()).await;
+    let broker = TestBroker::start_with(|c| configure(c, format!("http://{addr}/hook"))).await;
+    eventually("the five kept events delivered", WAIT, || {
+        hook.events().len() >= 5
+    })
+    .await;
+    // Anything refused but stored would arrive now too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut topics: Vec<String> = hook
+        .events()
+        .iter()
+        .map(|e| e["topic"].as_str().unwrap().to_string())
+        .collect();
+    topics.sort();
+    topics.dedup();
+    assert_eq!(topics, ["t/0", "t/1", "t/2", "t/3", "t/4"]);
+    broker.stop().await;
+}

@@ -223,7 +223,9 @@ impl Events {
 }
 
 impl Inner {
-    /// The endpoints (by index) that take this event: its kind, then topic and gid filters.
+    /// The endpoints (by index) that take this event: its kind, then topic and gid
+    /// filters, then room — an endpoint whose full outbox refuses every new event
+    /// (`drop_new`) counts it dropped here, before anything of it is built or staged.
     fn targets<'a>(
         &'a self,
         kind: EventKind,
@@ -234,6 +236,7 @@ impl Inner {
             .iter()
             .copied()
             .filter(move |&i| configs[i].accepts(kind, scope.topic, scope.gid))
+            .filter(move |&i| !self.bridge.refuses(i))
     }
 
     /// Recovers the outboxes of `endpoints` and starts their workers; `None` without
