@@ -14,7 +14,8 @@ Parts:
   unacked per publisher) with (a) no webhook, (b) a dead endpoint (a loopback port where
   nothing listens), (c) an endpoint that answers every request after 2 s; (b) and (c)
   take `events = ["message.publish"]` with every other setting at its default (so their
-  outbox fills to 100,000 events and then drops the oldest). Ratios = (b)/(a), (c)/(a).
+  outbox fills to 100,000 events and then refuses new ones: `drop_new`; --overflow
+  drop_oldest drops the oldest instead). Ratios = (b)/(a), (c)/(a).
   Configurations alternate per repetition (a b c, then c b a).
 - delivery: `rookery-load fanin --rate R --duration D --warmup 0` publishes R x D
   messages (QoS --delivery-qos) as fast as scheduled to a broker with one endpoint on a
@@ -281,6 +282,9 @@ def run_publish(opts, qos: int, config: str, rep: int) -> dict:
         hooks = [{"url": endpoint.url, "events": ["message.publish"]}]
     elif config == "dead":
         hooks = [{"url": f"http://127.0.0.1:{compare.free_port()}/hook", "events": ["message.publish"]}]
+    if opts.overflow:
+        for hook in hooks:
+            hook["overflow"] = opts.overflow
     try:
         broker = ConfigBroker(opts.rookery, hooks)
         sc = compare.Scenario(f"publish-{config}", "", fanin_args(opts, qos), [])
@@ -346,7 +350,8 @@ def part_publish(opts, report: list[str], raw: dict) -> None:
                   f"alternating; {opts.duration:g} s measured after {opts.warmup:g} s warm-up; fresh "
                   "broker (durability strict) and data dir per run; median (min–max). Webhook: "
                   "`events = [\"message.publish\"]`, other settings default (outbox 100,000 events, "
-                  "drop_oldest, concurrency 4, timeout 5 s). Ratios = (b)/(a) and (c)/(a).")
+                  f"overflow {opts.overflow or 'drop_new (the default)'}, concurrency 4, timeout 5 s). "
+                  "Ratios = (b)/(a) and (c)/(a).")
     report.append("")
     head = ["QoS", "metric", *[PUBLISH_TITLE[c] for c in PUBLISH_CONFIGS], "(b)/(a)", "(c)/(a)"]
     report.append("| " + " | ".join(head) + " |")
@@ -541,6 +546,8 @@ def main() -> int:
     ap.add_argument("--qos", default="1,0", help="publish: QoS levels, in order (default 1,0)")
     ap.add_argument("--reps", default="2,1", help="publish: repetitions per QoS level (default 2,1)")
     ap.add_argument("--publishers", type=int, default=20, help="fan-in publishers (default 20)")
+    ap.add_argument("--overflow", choices=["drop_new", "drop_oldest"],
+                    help="publish: the endpoints' overflow policy (default: the broker's, drop_new)")
     ap.add_argument("--duration", type=float, default=6.0, help="publish: measured seconds (default 6)")
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--drain", type=float, default=2.0)

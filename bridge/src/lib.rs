@@ -21,8 +21,10 @@
 //!   and the same on every retry.
 //! - **Publishers never wait.** [`Bridge::enqueue`] is a short mutex push and a notify.
 //!   A slow or dead endpoint only grows its own outbox, up to `outbox_max_events` /
-//!   `outbox_max_bytes`; then the overflow policy (`drop_oldest` or `drop_new`) drops
-//!   events, and counts and logs it.
+//!   `outbox_max_bytes`; then the overflow policy (`drop_new`, the default, or
+//!   `drop_oldest`) drops events, and counts and logs it. With `drop_new` a full outbox is
+//!   visible without its lock ([`Bridge::refuses`]), so the broker builds nothing for an
+//!   event that would be refused.
 //! - **One worker per endpoint.** A tokio task takes events oldest first, sends up to
 //!   `batch_max` per POST (a JSON array when batching), keeps up to `concurrency` requests
 //!   in flight with one pooled `reqwest` client, and retries failures (non-2xx, timeouts,
