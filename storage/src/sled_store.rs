@@ -77,10 +77,10 @@ impl T {
 
 mod batch;
 mod checkpoint;
-mod outbox_log;
+mod record_log;
 mod staged;
 use batch::Overlay;
-use outbox_log::OutboxLog;
+use record_log::RecordLog;
 use staged::{Layers, Staged};
 
 const TREE_NAMES: [&str; 16] = [
@@ -194,8 +194,10 @@ struct Shared {
     path: PathBuf,
     /// Last size sled reported, returned if asking again fails.
     last_size: AtomicU64,
-    /// `Space::Outbox`, in a log of its own (`outbox_log.rs` says why).
-    outbox: OutboxLog,
+    /// `Space::Outbox` and `Space::History`, each in a log of its own (`record_log.rs`
+    /// says why).
+    outbox: RecordLog,
+    history: RecordLog,
     /// A batch wrote to sled since the last flush: a commit of outbox records alone (a
     /// webhook endpoint's events, with nothing else stored) then skips sled's flush.
     sled_dirty: std::sync::atomic::AtomicBool,
@@ -266,7 +268,8 @@ impl SledStore {
             options: options.clone(),
             path,
             last_size: AtomicU64::new(0),
-            outbox: OutboxLog::open(&dir.join("outbox"))?,
+            outbox: RecordLog::open(&dir.join("outbox"), "webhook outbox")?,
+            history: RecordLog::open(&dir.join("history"), "group history")?,
             sled_dirty: std::sync::atomic::AtomicBool::new(true),
         });
         shared.check_schema()?;
@@ -282,7 +285,8 @@ impl SledStore {
         store.shared.replay_journal()?;
         let high_water = store.shared.next_message_id()?;
         store.shared.apply_state().high_water = high_water;
-        store.shared.move_outbox_tree()?;
+        store.shared.move_tree_into_log(T::Outbox)?;
+        store.shared.move_tree_into_log(T::History)?;
         Ok(store)
     }
 
@@ -485,44 +489,67 @@ impl Shared {
     }
 }
 
-fn is_outbox_op(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::PutRecord {
-            space: crate::Space::Outbox,
-            ..
-        } | Op::RemoveRecord {
-            space: crate::Space::Outbox,
-            ..
+/// The space of a record op kept in a log rather than in sled.
+fn logged_space(op: &Op) -> Option<crate::Space> {
+    match op {
+        Op::PutRecord { space, .. } | Op::RemoveRecord { space, .. }
+            if matches!(space, crate::Space::Outbox | crate::Space::History) =>
+        {
+            Some(*space)
         }
-    )
+        _ => None,
+    }
+}
+
+/// A log's share of a batch: puts (`Some` value) and removals.
+fn log_writes(ops: &[Op], space: crate::Space) -> Vec<(&[u8], Option<&[u8]>)> {
+    ops.iter()
+        .filter(|op| logged_space(op) == Some(space))
+        .filter_map(|op| match op {
+            Op::PutRecord { key, value, .. } => Some((key.as_slice(), Some(value.as_slice()))),
+            Op::RemoveRecord { key, .. } => Some((key.as_slice(), None)),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Shared {
-    /// Databases written before the outbox log kept `Space::Outbox` in a sled tree: its
-    /// records move into the log (synced) and then leave the tree. A crash in between
-    /// leaves them in both, and the next open moves them again (a put replaces).
-    fn move_outbox_tree(&self) -> StorageResult<()> {
-        let tree = self.tree(T::Outbox);
-        if tree.is_empty() && self.layers().prefixed(T::Outbox as usize, &[]).is_empty() {
+    fn log(&self, tree: T) -> Option<&RecordLog> {
+        match tree {
+            T::Outbox => Some(&self.outbox),
+            T::History => Some(&self.history),
+            _ => None,
+        }
+    }
+
+    /// Databases written before the logs kept `Space::Outbox` and `Space::History` in
+    /// sled trees: their records move into the log (synced) and then leave the tree. A
+    /// crash in between leaves them in both, and the next open moves them again (a put
+    /// replaces).
+    fn move_tree_into_log(&self, tree_name: T) -> StorageResult<()> {
+        let Some(log) = self.log(tree_name) else {
+            return Ok(());
+        };
+        let tree = self.tree(tree_name);
+        if tree.is_empty() && self.layers().prefixed(tree_name as usize, &[]).is_empty() {
             return Ok(());
         }
         self.checkpoint_now()?;
         let mut records = Vec::new();
         for kv in tree.iter() {
-            let (key, value) = kv.map_err(|e| sled_error("reading the outbox tree", e))?;
+            let (key, value) = kv.map_err(|e| sled_error("reading a tree to move", e))?;
             records.push((key.to_vec(), value.to_vec()));
         }
         let writes: Vec<(&[u8], Option<&[u8]>)> = records
             .iter()
             .map(|(k, v)| (k.as_slice(), Some(v.as_slice())))
             .collect();
-        self.outbox.apply(&writes)?;
-        self.outbox.flush()?;
+        log.apply(&writes)?;
+        log.flush()?;
         tree.clear()
-            .map_err(|e| sled_error("clearing the outbox tree", e))?;
+            .map_err(|e| sled_error("clearing a moved tree", e))?;
         self.db.flush().map_err(|e| sled_error("flushing", e))?;
-        tracing::info!(records = records.len(), "webhook outbox moved into its log");
+        tracing::info!(records = records.len(), tree = ?tree_name, "records moved into their log");
         Ok(())
     }
 }
@@ -530,11 +557,12 @@ impl Shared {
 impl Store for SledStore {
     fn apply(&self, batch: Vec<Op>) -> StorageResult<()> {
         let shared = &self.shared;
-        let (outbox, batch): (Vec<Op>, Vec<Op>) = if batch.iter().any(is_outbox_op) {
-            batch.into_iter().partition(is_outbox_op)
-        } else {
-            (Vec::new(), batch)
-        };
+        let (logged, batch): (Vec<Op>, Vec<Op>) =
+            if batch.iter().any(|op| logged_space(op).is_some()) {
+                batch.into_iter().partition(|op| logged_space(op).is_some())
+            } else {
+                (Vec::new(), batch)
+            };
         let mut state = shared.apply_state();
         if let Some(error) = &shared.layers().checkpoint_error {
             return Err(error.clone());
@@ -552,20 +580,21 @@ impl Store for SledStore {
             shared.sled_dirty.store(true, Ordering::SeqCst);
         }
         state.high_water = resolved.high_water;
-        // After the sled part: a refused batch leaves no events behind.
-        let writes: Vec<(&[u8], Option<&[u8]>)> = outbox
-            .iter()
-            .filter_map(|op| match op {
-                Op::PutRecord { key, value, .. } => Some((key.as_slice(), Some(value.as_slice()))),
-                Op::RemoveRecord { key, .. } => Some((key.as_slice(), None)),
-                _ => None,
-            })
-            .collect();
-        shared.outbox.apply(&writes)
+        // After the sled part: a refused batch leaves no log records behind.
+        if logged.is_empty() {
+            return Ok(());
+        }
+        shared
+            .outbox
+            .apply(&log_writes(&logged, crate::Space::Outbox))?;
+        shared
+            .history
+            .apply(&log_writes(&logged, crate::Space::History))
     }
 
     fn flush(&self) -> StorageResult<()> {
         self.shared.outbox.flush()?;
+        self.shared.history.flush()?;
         // Cleared before flushing: a batch applied meanwhile sets it again for the next.
         if !self.shared.sled_dirty.swap(false, Ordering::SeqCst) {
             return Ok(());
@@ -649,10 +678,10 @@ impl Store for SledStore {
         prefix: &[u8],
     ) -> StorageResult<Vec<(Vec<u8>, Vec<u8>)>> {
         let shared = &self.shared;
-        if space == crate::Space::Outbox {
-            return shared.outbox.records(prefix);
-        }
         let tree = T::of(space);
+        if let Some(log) = shared.log(tree) {
+            return log.records(prefix);
+        }
         let mut merged = BTreeMap::new();
         for kv in shared.tree(tree).scan_prefix(prefix) {
             let (key, value) = kv.map_err(|e| sled_error("reading records", e))?;
@@ -671,7 +700,8 @@ impl Store for SledStore {
 
     fn size_on_disk(&self) -> u64 {
         let shared = &self.shared;
-        match shared.db.size_on_disk().map(|s| s + shared.outbox.size()) {
+        let logs = shared.outbox.size() + shared.history.size();
+        match shared.db.size_on_disk().map(|s| s + logs) {
             Ok(size) => {
                 shared.last_size.store(size, Ordering::Relaxed);
                 size
@@ -726,43 +756,46 @@ mod tests {
     }
 
     #[test]
-    fn outbox_records_of_an_older_database_move_into_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        {
+    fn records_of_an_older_database_move_into_their_logs() {
+        for (tree, space) in [
+            (T::Outbox, crate::Space::Outbox),
+            (T::History, crate::Space::History),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let store = reopen(dir.path());
+                // What an older version left: the records in a sled tree.
+                let sled_tree = store.shared.tree(tree);
+                sled_tree.insert(b"e1", &b"records one"[..]).unwrap();
+                sled_tree.insert(b"e2", &b"records two"[..]).unwrap();
+                store.shared.db.flush().unwrap();
+            }
             let store = reopen(dir.path());
-            // What an older version left: outbox records in the sled tree.
+            assert!(store.shared.tree(tree).is_empty(), "{space:?}");
+            let records = store.records(space, b"").unwrap();
+            assert_eq!(
+                records,
+                vec![
+                    (b"e1".to_vec(), b"records one".to_vec()),
+                    (b"e2".to_vec(), b"records two".to_vec())
+                ],
+                "{space:?}"
+            );
             store
-                .shared
-                .tree(T::Outbox)
-                .insert(b"e1", &b"events one"[..])
+                .apply(vec![Op::RemoveRecord {
+                    space,
+                    key: b"e1".to_vec(),
+                }])
                 .unwrap();
-            store
-                .shared
-                .tree(T::Outbox)
-                .insert(b"e2", &b"events two"[..])
-                .unwrap();
-            store.shared.db.flush().unwrap();
+            store.flush().unwrap();
+            drop(store);
+            let store = reopen(dir.path());
+            assert_eq!(store.records(space, b"").unwrap().len(), 1, "{space:?}");
+            assert!(
+                store.records(crate::Space::Groups, b"").unwrap().is_empty(),
+                "nothing leaked into another space"
+            );
         }
-        let store = reopen(dir.path());
-        assert!(store.shared.tree(T::Outbox).is_empty());
-        let records = store.records(crate::Space::Outbox, b"").unwrap();
-        assert_eq!(
-            records,
-            vec![
-                (b"e1".to_vec(), b"events one".to_vec()),
-                (b"e2".to_vec(), b"events two".to_vec())
-            ]
-        );
-        store
-            .apply(vec![Op::RemoveRecord {
-                space: crate::Space::Outbox,
-                key: b"e1".to_vec(),
-            }])
-            .unwrap();
-        store.flush().unwrap();
-        drop(store);
-        let store = reopen(dir.path());
-        assert_eq!(store.records(crate::Space::Outbox, b"").unwrap().len(), 1);
     }
 
     #[test]
