@@ -20,6 +20,13 @@
 //! clean end. Segments are deleted oldest first only, so a tombstone never outlives a
 //! record it removes in an older segment.
 //!
+//! Preallocation: a write that extends a file makes its `fdatasync` commit the file size
+//! in the filesystem's journal too (on ext4 a journal commit by its own kernel thread,
+//! which on a busy machine waits for a CPU). So segments are extended ahead by zeros, a
+//! mebibyte at a time, and records are written over them: most commits only sync data
+//! (an isolated write + fdatasync: 150 µs instead of 228 µs here, and no journal thread
+//! to wake). Opening treats a tail of zeros after the last record as that unused space.
+//!
 //! Compaction: a record that stays (the history of a quiet group) would keep its segment,
 //! and every later one, alive. Once the log is more than twice its live bytes (plus a
 //! segment), the oldest segment's live records are appended again to the active one,
@@ -36,13 +43,14 @@
 use crate::{StorageError, StorageResult};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 /// A segment is closed once it holds this much; the next write starts a new one.
 const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+/// Segments grow by zeros written ahead in steps of this much (see "Preallocation").
+const PREALLOCATE_BYTES: u64 = 1024 * 1024;
 const PUT: u8 = 1;
 const REMOVE: u8 = 2;
 const HEADER: usize = 1 + 2 + 4 + 4;
@@ -63,7 +71,10 @@ struct Segment {
     live: usize,
     /// Their bytes.
     live_bytes: u64,
+    /// Where records end (the next is written here).
     len: u64,
+    /// The file's length: records, then zeros written ahead.
+    allocated: u64,
 }
 
 struct LogState {
@@ -199,7 +210,7 @@ impl RecordLog {
             let bytes = std::fs::read(&path).map_err(|e| io_error(&context, e))?;
             let file = OpenOptions::new()
                 .read(true)
-                .append(true)
+                .write(true)
                 .open(&path)
                 .map_err(|e| io_error(&context, e))?;
             let mut at = 0;
@@ -223,6 +234,7 @@ impl RecordLog {
                                 live: 0,
                                 live_bytes: 0,
                                 len: 0,
+                                allocated: 0,
                             })
                         }
                     };
@@ -233,7 +245,9 @@ impl RecordLog {
                 }
                 at = record.next;
             }
-            if at < bytes.len() {
+            let mut allocated = bytes.len() as u64;
+            // Zeros after the last record: space written ahead, not damage.
+            if at < bytes.len() && bytes[at..].iter().any(|&b| b != 0) {
                 tracing::warn!(
                     segment = %path.display(),
                     offset = at,
@@ -243,6 +257,7 @@ impl RecordLog {
                 );
                 if Some(sequence) == last {
                     file.set_len(at as u64).map_err(|e| io_error(&context, e))?;
+                    allocated = at as u64;
                 }
             }
             let segment = state.segments.entry(sequence).or_insert(Segment {
@@ -250,8 +265,10 @@ impl RecordLog {
                 live: 0,
                 live_bytes: 0,
                 len: 0,
+                allocated: 0,
             });
             segment.len = at as u64;
+            segment.allocated = allocated;
         }
         let log = RecordLog {
             dir: dir.to_path_buf(),
@@ -278,8 +295,8 @@ impl RecordLog {
         let context = format!("creating {}", path.display());
         let file = OpenOptions::new()
             .read(true)
-            .append(true)
-            .create(true)
+            .write(true)
+            .create_new(true)
             .open(&path)
             .map_err(|e| io_error(&context, e))?;
         // The new name must survive a power loss as well as its contents.
@@ -293,6 +310,7 @@ impl RecordLog {
                 live: 0,
                 live_bytes: 0,
                 len: 0,
+                allocated: 0,
             },
         );
         Ok(())
@@ -403,10 +421,14 @@ impl RecordLog {
             .next_back()
             .ok_or_else(|| StorageError::Io(format!("the {} log has no segment", self.name)))?;
         let base = active.len;
-        if let Err(error) = active.file.write_all(buffer) {
+        let end = base + buffer.len() as u64;
+        let written =
+            preallocate(active, end).and_then(|()| active.file.write_all_at(buffer, base));
+        if let Err(error) = written {
             // Whatever part of it reached the file is cut off again: the index never
             // points past what was written whole.
             let _ = active.file.set_len(base);
+            active.allocated = base;
             return Err(io_error(&format!("writing the {} log", self.name), error));
         }
         active.len += buffer.len() as u64;
@@ -481,6 +503,23 @@ impl RecordLog {
     }
 }
 
+/// Extends `segment` with zeros, a whole step at a time, until `end` fits.
+fn preallocate(segment: &mut Segment, end: u64) -> std::io::Result<()> {
+    if end <= segment.allocated {
+        return Ok(());
+    }
+    let target = end.div_ceil(PREALLOCATE_BYTES) * PREALLOCATE_BYTES;
+    let zeros = vec![0u8; (target - segment.allocated).min(PREALLOCATE_BYTES) as usize];
+    while segment.allocated < target {
+        let step = (target - segment.allocated).min(zeros.len() as u64) as usize;
+        segment
+            .file
+            .write_all_at(&zeros[..step], segment.allocated)?;
+        segment.allocated += step as u64;
+    }
+    Ok(())
+}
+
 fn read_value(state: &LogState, location: &Location, name: &str) -> StorageResult<Vec<u8>> {
     let segment = state.segments.get(&location.segment).ok_or_else(|| {
         StorageError::Corrupt(format!(
@@ -544,20 +583,22 @@ mod tests {
     #[test]
     fn a_torn_tail_is_cut_off_and_appending_goes_on() {
         let dir = tempfile::tempdir().unwrap();
-        {
+        let end = {
             let log = RecordLog::open(dir.path(), "test").unwrap();
             log.apply(&[put(b"k1", b"v1")]).unwrap();
             log.apply(&[put(b"k2", b"v2")]).unwrap();
-        }
+            log.size()
+        };
         let path = segment_path(dir.path(), 1);
-        let len = std::fs::metadata(&path).unwrap().len();
-        // A crash in the middle of the second record's write.
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(len - 3)
-            .unwrap();
+        assert!(
+            std::fs::metadata(&path).unwrap().len() >= PREALLOCATE_BYTES,
+            "zeros written ahead"
+        );
+        // A crash in the middle of the second record's write: its last bytes never
+        // reached the disk (the zeros written ahead are still there).
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[end as usize - 3..end as usize].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
         {
             let log = RecordLog::open(dir.path(), "test").unwrap();
             assert_eq!(
@@ -574,13 +615,14 @@ mod tests {
     #[test]
     fn damaged_bytes_are_refused_by_the_checksum() {
         let dir = tempfile::tempdir().unwrap();
-        {
+        let end = {
             let log = RecordLog::open(dir.path(), "test").unwrap();
             log.apply(&[put(b"k1", b"value one")]).unwrap();
-        }
+            log.size()
+        };
         let path = segment_path(dir.path(), 1);
         let mut bytes = std::fs::read(&path).unwrap();
-        let last = bytes.len() - 1;
+        let last = end as usize - 1;
         bytes[last] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
         let log = RecordLog::open(dir.path(), "test").unwrap();
@@ -645,6 +687,32 @@ mod tests {
         drop(log);
         let log = RecordLog::open_with(dir.path(), "test", segment).unwrap();
         expect(&log);
+    }
+
+    #[test]
+    fn appending_goes_on_over_the_zeros_written_ahead_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0u8..3 {
+            let log = RecordLog::open(dir.path(), "test").unwrap();
+            assert_eq!(log.records(b"").unwrap().len(), usize::from(round));
+            log.apply(&[put(&[b'k', round], &[round; 100])]).unwrap();
+            log.flush().unwrap();
+        }
+        let log = RecordLog::open(dir.path(), "test").unwrap();
+        let records = log.records(b"").unwrap();
+        assert_eq!(records.len(), 3);
+        assert!(records
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.1 == [i as u8; 100]));
+        let file = std::fs::metadata(segment_path(dir.path(), 1))
+            .unwrap()
+            .len();
+        assert_eq!(
+            file, PREALLOCATE_BYTES,
+            "one step of zeros, never truncated"
+        );
+        assert_eq!(log.size(), 3 * (HEADER as u64 + 2 + 100));
     }
 
     #[test]
