@@ -102,7 +102,10 @@ impl Endpoint {
 
     fn count_dropped(&self, dropped: u64) {
         Counters::add(&self.counters.dropped_overflow, dropped);
-        if let Some(dropped) = self.overflow_warning.note(dropped, now_ms()) {
+        if let Some(dropped) = self
+            .overflow_warning
+            .note(dropped, self.overflow_warning.now_ms())
+        {
             tracing::warn!(
                 endpoint = self.config.display_name(),
                 dropped,
@@ -180,17 +183,33 @@ impl Drop for OutboxGuard<'_> {
 const WARN_INTERVAL_MS: u64 = 1000;
 
 /// Rate-limits the overflow warning without a lock (drops are counted on the publisher
-/// path): the drops since the last warning, and when that was.
-#[derive(Default)]
+/// path): the drops since the last warning, and when that was. Times are milliseconds
+/// of a monotonic clock (`started`), so a wall clock stepped back cannot silence it.
 struct OverflowWarning {
+    started: Instant,
     since_last: AtomicU64,
-    /// Milliseconds since the epoch; 0: never warned.
+    /// Milliseconds since `started`, plus one; 0: never warned.
     last_ms: AtomicU64,
 }
 
+impl Default for OverflowWarning {
+    fn default() -> Self {
+        OverflowWarning {
+            started: Instant::now(),
+            since_last: AtomicU64::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
 impl OverflowWarning {
-    /// Counts `dropped` at `now` (ms since the epoch); the count to log when a warning is
-    /// due.
+    /// Now, on this warning's clock.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Counts `dropped` at `now` (from [`OverflowWarning::now_ms`]); the count to log
+    /// when a warning is due.
     fn note(&self, dropped: u64, now: u64) -> Option<u64> {
         self.since_last.fetch_add(dropped, Relaxed);
         let last = self.last_ms.load(Relaxed);

@@ -584,12 +584,14 @@ impl Store for SledStore {
         if logged.is_empty() {
             return Ok(());
         }
-        shared
+        // Both, whatever the first does: what a source drained is gone from its memory.
+        let outbox = shared
             .outbox
-            .apply(&log_writes(&logged, crate::Space::Outbox))?;
-        shared
+            .apply(&log_writes(&logged, crate::Space::Outbox));
+        let history = shared
             .history
-            .apply(&log_writes(&logged, crate::Space::History))
+            .apply(&log_writes(&logged, crate::Space::History));
+        outbox.and(history)
     }
 
     fn flush(&self) -> StorageResult<()> {

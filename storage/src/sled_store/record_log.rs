@@ -32,7 +32,11 @@
 //! segment), the oldest segment's live records are appended again to the active one,
 //! synced, and the oldest segment deleted: it is the oldest, so none of its tombstones
 //! is still needed. Each compaction copies at most one segment, and only when at least
-//! half of the log is garbage, so the copying stays a fraction of what was written.
+//! half of the log is garbage, so the copying stays a fraction of what was written. A
+//! compaction that fails (a read error, no space for the copies) is logged and tried
+//! again a minute later; the batch it followed is written all the same. After a failed
+//! fsync no segment is deleted any more until the store is reopened: pages that did not
+//! reach the disk may be dropped by the kernel, and a later fsync would not say so.
 //!
 //! Atomicity with the rest of a batch: `SledStore::apply` appends the batch's log
 //! records after its sled part succeeded, and `flush` fsyncs all of them. A crash in
@@ -51,6 +55,8 @@ use std::sync::{Mutex, MutexGuard};
 const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 /// Segments grow by zeros written ahead in steps of this much (see "Preallocation").
 const PREALLOCATE_BYTES: u64 = 1024 * 1024;
+/// A failed compaction is tried again after this long.
+const COMPACTION_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 const PUT: u8 = 1;
 const REMOVE: u8 = 2;
 const HEADER: usize = 1 + 2 + 4 + 4;
@@ -84,6 +90,11 @@ struct LogState {
     /// Written since the last fsync (the active segment; a closed one is synced when
     /// closed).
     unsynced: bool,
+    /// An fsync failed: what was written since may be gone from the disk even if a later
+    /// fsync succeeds, so no segment is deleted any more (until the store is reopened).
+    sync_failed: bool,
+    /// No compaction before then (one failed; it is retried later, not at every commit).
+    compact_after: Option<std::time::Instant>,
     buffer: Vec<u8>,
 }
 
@@ -201,6 +212,8 @@ impl RecordLog {
             segments: BTreeMap::new(),
             index: BTreeMap::new(),
             unsynced: false,
+            sync_failed: false,
+            compact_after: None,
             buffer: Vec::new(),
         };
         let last = sequences.last().copied();
@@ -296,7 +309,9 @@ impl RecordLog {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
+            .create(true)
+            // Only a file left by a start that failed before it was listed.
+            .truncate(true)
             .open(&path)
             .map_err(|e| io_error(&context, e))?;
         // The new name must survive a power loss as well as its contents.
@@ -318,6 +333,9 @@ impl RecordLog {
 
     /// Deletes the oldest segments while they hold nothing live (never the active one).
     fn retire(&self, state: &mut LogState) {
+        if state.sync_failed {
+            return;
+        }
         while state.segments.len() > 1 {
             let Some((&sequence, segment)) = state.segments.iter().next() else {
                 break;
@@ -353,7 +371,12 @@ impl RecordLog {
         state.buffer = buffer;
         result?;
         self.retire(&mut state);
-        self.compact_if_due(&mut state)
+        // The batch is written: a compaction that fails only leaves garbage for later.
+        if let Err(error) = self.compact_if_due(&mut state) {
+            tracing::warn!(log = self.name, %error, "log compaction failed; retried in a minute");
+            state.compact_after = Some(std::time::Instant::now() + COMPACTION_RETRY);
+        }
+        Ok(())
     }
 
     /// Copies the oldest segment's live records to the active one and deletes it, once
@@ -362,6 +385,12 @@ impl RecordLog {
         let total: u64 = state.segments.values().map(|s| s.len).sum();
         let live: u64 = state.segments.values().map(|s| s.live_bytes).sum();
         if state.segments.len() < 3 || total <= 2 * live + self.segment_bytes {
+            return Ok(());
+        }
+        if state
+            .compact_after
+            .is_some_and(|after| std::time::Instant::now() < after)
+        {
             return Ok(());
         }
         let Some(&oldest) = state.segments.keys().next() else {
@@ -399,10 +428,10 @@ impl RecordLog {
 
     fn sync_active(&self, state: &mut LogState) -> StorageResult<()> {
         if let Some(segment) = state.segments.values().next_back() {
-            segment
-                .file
-                .sync_data()
-                .map_err(|e| io_error(&format!("syncing the {} log", self.name), e))?;
+            if let Err(error) = segment.file.sync_data() {
+                state.sync_failed = true;
+                return Err(io_error(&format!("syncing the {} log", self.name), error));
+            }
         }
         state.unsynced = false;
         Ok(())
@@ -464,10 +493,10 @@ impl RecordLog {
         if full {
             // Closed segments are never synced again: sync it now.
             if let Some(segment) = state.segments.get(&sequence) {
-                segment
-                    .file
-                    .sync_data()
-                    .map_err(|e| io_error(&format!("syncing the {} log", self.name), e))?;
+                if let Err(error) = segment.file.sync_data() {
+                    state.sync_failed = true;
+                    return Err(io_error(&format!("syncing the {} log", self.name), error));
+                }
             }
             self.start_segment(state, sequence + 1)?;
         }
@@ -497,8 +526,14 @@ impl RecordLog {
         Ok(out)
     }
 
-    /// Bytes on disk.
+    /// Bytes on disk, the zeros written ahead included.
     pub fn size(&self) -> u64 {
+        self.state().segments.values().map(|s| s.allocated).sum()
+    }
+
+    /// Bytes of records (tests: where the next record goes, with one segment).
+    #[cfg(test)]
+    fn end(&self) -> u64 {
         self.state().segments.values().map(|s| s.len).sum()
     }
 }
@@ -587,7 +622,7 @@ mod tests {
             let log = RecordLog::open(dir.path(), "test").unwrap();
             log.apply(&[put(b"k1", b"v1")]).unwrap();
             log.apply(&[put(b"k2", b"v2")]).unwrap();
-            log.size()
+            log.end()
         };
         let path = segment_path(dir.path(), 1);
         assert!(
@@ -618,7 +653,7 @@ mod tests {
         let end = {
             let log = RecordLog::open(dir.path(), "test").unwrap();
             log.apply(&[put(b"k1", b"value one")]).unwrap();
-            log.size()
+            log.end()
         };
         let path = segment_path(dir.path(), 1);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -670,8 +705,8 @@ mod tests {
         // ~200 KB written, ~5 KB live: without compaction the quiet record would keep
         // every segment (~50) alive.
         assert!(segments <= 6, "{segments} segments left");
-        let size = log.size();
-        assert!(size <= 6 * segment, "{size} bytes on disk");
+        let end = log.end();
+        assert!(end <= 6 * segment, "{end} bytes of records");
         let expect = |log: &RecordLog| {
             let records = log.records(b"").unwrap();
             assert_eq!(records.len(), 5);
@@ -712,7 +747,8 @@ mod tests {
             file, PREALLOCATE_BYTES,
             "one step of zeros, never truncated"
         );
-        assert_eq!(log.size(), 3 * (HEADER as u64 + 2 + 100));
+        assert_eq!(log.end(), 3 * (HEADER as u64 + 2 + 100));
+        assert_eq!(log.size(), PREALLOCATE_BYTES, "what the disk holds");
     }
 
     #[test]
