@@ -83,6 +83,19 @@ struct Segment {
     allocated: u64,
 }
 
+impl Segment {
+    /// An empty segment in `file` (its lengths are set as it is replayed or written).
+    fn new(file: File) -> Segment {
+        Segment {
+            file,
+            live: 0,
+            live_bytes: 0,
+            len: 0,
+            allocated: 0,
+        }
+    }
+}
+
 struct LogState {
     /// By sequence number; the last is the one appended to.
     segments: BTreeMap<u64, Segment>,
@@ -135,6 +148,20 @@ fn encode(buffer: &mut Vec<u8>, key: &[u8], value: Option<&[u8]>) -> StorageResu
     buffer.extend_from_slice(value);
     seal(buffer, start);
     Ok(())
+}
+
+/// Encodes `writes` into `buffer` (cleared first); where each record starts.
+fn encode_all(
+    buffer: &mut Vec<u8>,
+    writes: &[(&[u8], Option<&[u8]>)],
+) -> StorageResult<Vec<usize>> {
+    buffer.clear();
+    let mut offsets = Vec::with_capacity(writes.len());
+    for (key, value) in writes {
+        offsets.push(buffer.len());
+        encode(buffer, key, *value)?;
+    }
+    Ok(offsets)
 }
 
 /// Fills in the CRC of the record starting at `start`.
@@ -241,15 +268,9 @@ impl RecordLog {
                     }
                     let segment = match state.segments.entry(sequence) {
                         std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
-                        std::collections::btree_map::Entry::Vacant(entry) => {
-                            entry.insert(Segment {
-                                file: file.try_clone().map_err(|e| io_error(&context, e))?,
-                                live: 0,
-                                live_bytes: 0,
-                                len: 0,
-                                allocated: 0,
-                            })
-                        }
+                        std::collections::btree_map::Entry::Vacant(entry) => entry.insert(
+                            Segment::new(file.try_clone().map_err(|e| io_error(&context, e))?),
+                        ),
                     };
                     segment.live += 1;
                     segment.live_bytes += u64::from(location.record_len);
@@ -273,13 +294,10 @@ impl RecordLog {
                     allocated = at as u64;
                 }
             }
-            let segment = state.segments.entry(sequence).or_insert(Segment {
-                file,
-                live: 0,
-                live_bytes: 0,
-                len: 0,
-                allocated: 0,
-            });
+            let segment = state
+                .segments
+                .entry(sequence)
+                .or_insert_with(|| Segment::new(file));
             segment.len = at as u64;
             segment.allocated = allocated;
         }
@@ -318,16 +336,7 @@ impl RecordLog {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| io_error("syncing a log directory", e))?;
-        state.segments.insert(
-            sequence,
-            Segment {
-                file,
-                live: 0,
-                live_bytes: 0,
-                len: 0,
-                allocated: 0,
-            },
-        );
+        state.segments.insert(sequence, Segment::new(file));
         Ok(())
     }
 
@@ -358,16 +367,8 @@ impl RecordLog {
         }
         let mut state = self.state();
         let mut buffer = std::mem::take(&mut state.buffer);
-        buffer.clear();
-        let mut offsets = Vec::with_capacity(writes.len());
-        for (key, value) in writes {
-            offsets.push(buffer.len());
-            if let Err(error) = encode(&mut buffer, key, *value) {
-                state.buffer = buffer;
-                return Err(error);
-            }
-        }
-        let result = self.write(&mut state, &buffer, writes, &offsets);
+        let result = encode_all(&mut buffer, writes)
+            .and_then(|offsets| self.write(&mut state, &buffer, writes, &offsets));
         state.buffer = buffer;
         result?;
         self.retire(&mut state);
@@ -405,11 +406,7 @@ impl RecordLog {
             .map(|(key, value)| (key.as_slice(), Some(value.as_slice())))
             .collect();
         let mut buffer = Vec::new();
-        let mut offsets = Vec::with_capacity(writes.len());
-        for (key, value) in &writes {
-            offsets.push(buffer.len());
-            encode(&mut buffer, key, *value)?;
-        }
+        let offsets = encode_all(&mut buffer, &writes)?;
         if !buffer.is_empty() {
             self.write(state, &buffer, &writes, &offsets)?;
         }
