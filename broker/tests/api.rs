@@ -49,9 +49,9 @@ impl Api {
         }
     }
 
-    /// Starts again on the data directory of a broker just stopped: its aborted tasks
-    /// (which hold the store and its lock) are dropped by the runtime soon after
-    /// `shutdown` returns, so the first attempts may find the store still locked.
+    /// Starts again on the data directory of a broker just stopped. `shutdown` waits for
+    /// its own tasks, but a connection task may drop its hold on the store (and its lock)
+    /// a moment after it stops counting, so the first attempt may find the store locked.
     async fn restart(config: Config) -> Api {
         let deadline = std::time::Instant::now() + WAIT;
         loop {

@@ -267,8 +267,15 @@ impl BrokerHandle {
                 tracing::error!(%error, "final flush failed");
             }
         }
-        if let Some(task) = &self.commit_task {
+        if let Some(task) = self.commit_task {
             task.abort();
+            let _ = tokio::time::timeout(grace, task).await;
+        }
+        // The aborted tasks hold the store (and its file lock) until the runtime drops
+        // them; waiting for that lets a caller reopen the data directory at once.
+        let deadline = tokio::time::Instant::now() + grace;
+        for task in self.tasks {
+            let _ = tokio::time::timeout_at(deadline, task).await;
         }
     }
 }
