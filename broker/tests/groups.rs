@@ -887,3 +887,102 @@ async fn an_exact_group_subscription_sees_every_change_at_once() {
     ivy.expect_no_publish(QUIET).await;
     broker.stop().await;
 }
+
+/// QoS 1 group messages of one read are recorded in the history first and routed at the
+/// end of the read (their commit overlapping the deliveries): a subscription, a plain
+/// topic's message and a QoS 2 message in the same read still see them in order, and the
+/// acknowledgements keep the order of the packets [MQTT-4.6.0-2]. On a multi-thread
+/// runtime, where the commit runs on the connection's thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_messages_of_one_read_keep_their_order_around_other_packets() {
+    use common::{connect_packet, encode, publish_packet, subscribe_packet, RawClient};
+    use rookery::codec::{self, Packet, ProtocolVersion};
+    const APP: &str = "app-token-for-ordering";
+    let broker = TestBroker::start_with(|c| c.auth.admin_token = Some(APP.into())).await;
+    let gid = group(
+        &broker,
+        Permissions::default(),
+        0,
+        &["writer", "reader"],
+        MemberPermissionsPatch::default(),
+    );
+    let topic = format!("groups/{gid}");
+    let mut reader = v5_user(&broker, "reader").await;
+    reader.subscribe(&topic, v5::QoS::AtLeastOnce).await;
+    reader.subscribe("plain/t", v5::QoS::AtLeastOnce).await;
+
+    let mut connect = connect_packet(ProtocolVersion::V5, "writer-raw");
+    connect.username = Some("writer".into());
+    connect.password = Some(bytes::Bytes::from(broker.token("writer")));
+    let (mut writer, connack) = RawClient::connect(broker.addr, connect).await;
+    assert_eq!(connack.reason_code, 0);
+    let qos1 = codec::QoS::AtLeastOnce;
+    let packets = [
+        publish_packet(&topic, qos1, 1, b"g1"),
+        publish_packet(&topic, qos1, 2, b"g2"),
+        subscribe_packet(3, "plain/t", qos1),
+        publish_packet("plain/t", qos1, 4, b"p1"),
+        publish_packet(&topic, qos1, 5, b"g3"),
+        publish_packet(&topic, codec::QoS::ExactlyOnce, 6, b"g4"),
+        publish_packet(&topic, qos1, 7, b"g5"),
+    ];
+    // One write, so that the broker reads them together.
+    let bytes: Vec<u8> = packets
+        .iter()
+        .flat_map(|p| encode(p, ProtocolVersion::V5))
+        .collect();
+    writer.send_raw(&bytes).await;
+
+    let mut answers = Vec::new();
+    while answers.len() < 7 {
+        match writer.expect().await {
+            Packet::PubAck(ack) => answers.push(("puback", ack.packet_id, ack.reason_code)),
+            Packet::PubRec(rec) => answers.push(("pubrec", rec.packet_id, rec.reason_code)),
+            Packet::SubAck(ack) => answers.push(("suback", ack.packet_id, 0)),
+            // Its own plain-topic message, now that it subscribed.
+            Packet::Publish(publish) => assert_eq!(&publish.payload[..], b"p1"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        answers,
+        [
+            ("puback", 1, 0),
+            ("puback", 2, 0),
+            ("suback", 3, 0),
+            ("puback", 4, 0),
+            ("puback", 5, 0),
+            ("pubrec", 6, 0),
+            ("puback", 7, 0),
+        ]
+    );
+    let mut received = Vec::new();
+    for _ in 0..6 {
+        received.push(reader.recv_publish().await.payload.to_vec());
+    }
+    assert_eq!(
+        received,
+        [&b"g1"[..], b"g2", b"p1", b"g3", b"g4", b"g5"].map(<[u8]>::to_vec)
+    );
+    reader.expect_no_publish(QUIET).await;
+
+    // Every group message is in the history once, in order.
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{}/api", broker.http_addr()))
+        .json(&serde_json::json!({"op": "groupmessages", "token": APP, "group": {"gid": gid}}))
+        .send()
+        .await
+        .expect("the API answers")
+        .json()
+        .await
+        .expect("JSON");
+    let payloads: Vec<&str> = answer["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .iter()
+        .map(|m| m["payload"].as_str().unwrap_or_default())
+        .collect();
+    // History pages newest first; ids follow the order the messages were recorded.
+    assert_eq!(payloads, ["g5", "g4", "g3", "g2", "g1"], "{answer}");
+    broker.stop().await;
+}

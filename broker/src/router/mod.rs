@@ -112,7 +112,30 @@ impl Router {
     /// matching session.
     /// `ack_waker`: the publisher's connection, for a QoS 1 PUBLISH whose acknowledgement
     /// may go early through `Routed::gate`.
-    pub fn publish(&self, mut message: Message, ack_waker: Option<&Arc<Notify>>) -> Routed {
+    pub fn publish(&self, message: Message, ack_waker: Option<&Arc<Notify>>) -> Routed {
+        self.publish_recorded(message, ack_waker, None)
+    }
+
+    /// Records a group message's history entry ahead of its routing (see
+    /// `Connection::stage_publish`): the ticket to hand to
+    /// [`Router::publish_recorded`], or `None` (nothing recorded) where the message has no
+    /// history entry, or storage is full (`publish` may refuse it).
+    pub fn record_history_ahead(&self, message: &Message) -> Option<crate::durable::Ticket> {
+        if self.durable.as_ref()?.is_full() {
+            return None;
+        }
+        let group = GroupRoute::for_topic(&message.topic, &self.directory)?;
+        self.maybe_record_history(Some(&group), message)
+    }
+
+    /// [`Router::publish`] for a message whose history entry `history` has recorded
+    /// already ([`Router::record_history_ahead`]).
+    pub fn publish_recorded(
+        &self,
+        mut message: Message,
+        ack_waker: Option<&Arc<Notify>>,
+        history: Option<crate::durable::Ticket>,
+    ) -> Routed {
         let acl = self.acl();
         // Deliveries are queued under the read lock: no subscriber is cloned, and queueing
         // never waits (outbox pushes take only the outbox's own short lock).
@@ -179,7 +202,7 @@ impl Router {
             // later with `groupmessages`).
             routed.ticket = routed
                 .ticket
-                .max(self.maybe_record_history(group.as_ref(), &message));
+                .max(history.or_else(|| self.maybe_record_history(group.as_ref(), &message)));
             return routed;
         }
         // Overlapping subscriptions of one session give one delivery, with the highest
@@ -265,7 +288,7 @@ impl Router {
         }
         routed.ticket = routed
             .ticket
-            .max(self.maybe_record_history(group.as_ref(), &message));
+            .max(history.or_else(|| self.maybe_record_history(group.as_ref(), &message)));
         if let (Some(durable), Some(id)) = (&self.durable, message_id) {
             // A retained message is stored in the same commit and cannot be cancelled.
             let waker = ack_waker.filter(|_| !message.retain);

@@ -29,6 +29,15 @@ pub(super) const FILL_BATCH: usize = 256;
 /// How long a closing connection may spend flushing its last packets.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
 
+/// A QoS 1 group message held back until the end of its read (see
+/// `Connection::stage_publish`).
+pub struct StagedPublish {
+    pub(super) message: crate::message::Message,
+    pub(super) packet_id: u16,
+    /// Its history entry's ticket.
+    pub(super) history: Ticket,
+}
+
 /// Something a connection does once a commit finished.
 pub(super) enum Deferred {
     /// A control packet: an acknowledgement promising durability, or one queued behind it.
@@ -88,6 +97,9 @@ pub(super) struct Connection {
     /// (acknowledgements in the order their PUBLISH packets arrived [MQTT-4.6.0-2]).
     /// Ticket 0: no wait, but queued behind the others to keep the order.
     pub deferred: VecDeque<(Ticket, Deferred)>,
+    /// Group messages of this read whose history entries are recorded and committing,
+    /// routed at the end of it (see `Connection::stage_publish`).
+    pub staged: Vec<StagedPublish>,
     /// Commit progress, when durability is on.
     pub commits: Option<watch::Receiver<Committed>>,
     /// Woken when an [`crate::durable::AckGate`] of a deferred PUBACK opens.
@@ -188,6 +200,20 @@ impl Connection {
     /// atomic load, not the outbox lock.
     fn waits_for_stored_entries(&self) -> bool {
         self.core.outbox.is_persistent() && self.core.outbox.unloaded_from().is_some()
+    }
+
+    /// Commits at once, on this task, when acknowledgements wait (see
+    /// [`crate::durable::Durable::commit_inline`]), and sends those it released.
+    fn commit_for_waiting_acks(&mut self) {
+        let Some(durable) = &self.broker.durable else {
+            return;
+        };
+        let Some(&(ticket, _)) = self.deferred.back() else {
+            return;
+        };
+        if ticket != 0 && durable.commit_inline(ticket) {
+            self.release_deferred();
+        }
     }
 
     /// Queues something to do once `ticket` is durable.
@@ -330,6 +356,7 @@ impl Connection {
                             // hits the keep-alive limit.
                             if self.decode_all(&mut rbuf, max_packet) > 0 {
                                 last_read = Instant::now();
+                                self.commit_for_waiting_acks();
                             }
                             if rbuf.is_empty() {
                                 rbuf = BytesMut::new();
@@ -377,6 +404,7 @@ impl Connection {
                 }
             }
         }
+        self.route_staged();
         Stats::add(&self.broker.stats.messages_received, decoded as u64);
         decoded
     }

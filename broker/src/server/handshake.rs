@@ -399,6 +399,7 @@ async fn admit(
         kick: Some(kick_rx),
         ending: None,
         deferred: Default::default(),
+        staged: Vec::new(),
         commits: broker.durable.as_ref().map(|d| d.subscribe_commits()),
         ack_waker: Arc::new(tokio::sync::Notify::new()),
     };

@@ -15,6 +15,11 @@ use crate::stats::Stats;
 
 impl Connection {
     pub(super) fn handle(&mut self, packet: Packet) {
+        if !matches!(packet, Packet::Publish(_)) {
+            // Whatever this packet changes (a subscription, an acknowledgement), the
+            // messages before it are routed first.
+            self.route_staged();
+        }
         match packet {
             Packet::Publish(publish) => self.on_publish(publish),
             Packet::PubAck(ack) => self.on_puback(ack),
@@ -60,6 +65,8 @@ impl Connection {
     }
 
     fn refuse_publish(&mut self, publish: &Publish, code: u8) {
+        // Its acknowledgement goes behind those of the messages before it.
+        self.route_staged();
         if code == reason::NOT_AUTHORIZED {
             Stats::add(&self.broker.stats.acl_denied, 1);
         }
@@ -91,6 +98,9 @@ impl Connection {
         Stats::add(&self.broker.stats.publish_received, 1);
         if !self.resolve_topic_alias(&mut publish) {
             return;
+        }
+        if !may_be_staged(&publish) {
+            self.route_staged();
         }
         let config = &self.config.mqtt;
         if publish.topic.len() > config.max_topic_length
@@ -157,8 +167,67 @@ impl Connection {
         tracing::trace!(client_id = %self.client_id, topic = %publish.topic, "routing PUBLISH");
         let mut message = Message::new(publish, self.client_id.clone());
         message.sender = self.username.clone();
+        let Some(message) = self.stage_publish(message, packet_id) else {
+            return;
+        };
+        self.route_staged();
         let waker = (qos == QoS::AtLeastOnce && self.durable_acks()).then_some(&self.ack_waker);
         let routed = self.broker.router.publish(message, waker);
+        self.acknowledge_routed(qos, packet_id, routed);
+    }
+
+    /// Holds a QoS 1 group message back to the end of the read, its history entry
+    /// recorded now; `Some(message)` (to route now) where that does not apply.
+    ///
+    /// Why: its PUBACK waits for the commit of that entry. Routed message by message, a
+    /// read of 100 publishes to a group of 100 first spends ~1.7 ms queueing 10,000
+    /// deliveries and only then starts the commit (~1–2 ms of fsync on a busy machine):
+    /// the two add up. Recorded first, the commit (started by `route_staged`) runs on a
+    /// blocking thread while the deliveries are queued. Only the order within the read
+    /// changes, not what anyone receives: any other packet routes the held messages
+    /// first. The cost: a message whose commit failed, or refused as storage filled up
+    /// meanwhile, may be in the history without having been delivered.
+    fn stage_publish(&mut self, message: Message, packet_id: u16) -> Option<Message> {
+        if message.qos != QoS::AtLeastOnce || !self.durable_acks() {
+            return Some(message);
+        }
+        match self.broker.router.record_history_ahead(&message) {
+            Some(history) => {
+                self.staged.push(super::connection::StagedPublish {
+                    message,
+                    packet_id,
+                    history,
+                });
+                None
+            }
+            None => Some(message),
+        }
+    }
+
+    /// Starts the commit of the held messages' history entries, then routes and
+    /// acknowledges them, in order.
+    pub(super) fn route_staged(&mut self) {
+        if self.staged.is_empty() {
+            return;
+        }
+        if let Some(durable) = &self.broker.durable {
+            durable.commit_soon();
+        }
+        let mut staged = std::mem::take(&mut self.staged);
+        let waker = self.ack_waker.clone();
+        for held in staged.drain(..) {
+            let routed =
+                self.broker
+                    .router
+                    .publish_recorded(held.message, Some(&waker), Some(held.history));
+            self.acknowledge_routed(QoS::AtLeastOnce, held.packet_id, routed);
+        }
+        // The buffer is kept for the next read.
+        self.staged = staged;
+    }
+
+    /// The acknowledgement of a routed PUBLISH, sent or deferred until its commit.
+    fn acknowledge_routed(&mut self, qos: QoS, packet_id: u16, routed: crate::router::Routed) {
         tracing::trace!(client_id = %self.client_id, queued = routed.queued, "routed PUBLISH");
         if routed.refused_storage_full {
             self.refuse_storage_full(qos, packet_id);
@@ -523,4 +592,10 @@ impl Connection {
         let with_will = disconnect.reason_code == reason::DISCONNECT_WITH_WILL;
         self.end(End::Disconnected { with_will });
     }
+}
+
+/// Whether a PUBLISH could be held back by `stage_publish` (QoS 1 to a group): any other
+/// routes the held ones first, so that messages are routed in their order.
+fn may_be_staged(publish: &Publish) -> bool {
+    publish.qos == QoS::AtLeastOnce && publish.topic.starts_with("groups/")
 }
