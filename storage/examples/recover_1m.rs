@@ -60,6 +60,7 @@ fn session(i: u64) -> StoredSession {
         will: None,
         will_retain: false,
         will_delay: 0,
+        will_sender: None,
     }
 }
 

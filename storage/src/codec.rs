@@ -242,6 +242,10 @@ pub fn encode_session(s: &StoredSession) -> Vec<u8> {
         }
     }
     w.varint(u64::from(s.will_delay));
+    // Trailing and optional: records written before it existed end here.
+    if let Some(sender) = &s.will_sender {
+        w.bytes(sender.as_bytes());
+    }
     w.buf
 }
 
@@ -269,6 +273,11 @@ pub fn decode_session(buf: &[u8]) -> StorageResult<StoredSession> {
         _ => return Err(r.err("invalid will tag")),
     };
     let will_delay = r.u32()?;
+    let will_sender = if r.buf.is_empty() {
+        None
+    } else {
+        Some(r.string()?)
+    };
     r.finish()?;
     Ok(StoredSession {
         client_id,
@@ -278,6 +287,7 @@ pub fn decode_session(buf: &[u8]) -> StorageResult<StoredSession> {
         will,
         will_retain,
         will_delay,
+        will_sender,
     })
 }
 
@@ -455,8 +465,17 @@ mod tests {
             will: Some(m),
             will_retain: true,
             will_delay: 5,
+            will_sender: Some("alice".into()),
         };
         assert_eq!(decode_session(&encode_session(&s)).unwrap(), s);
+        // Records written before `will_sender` existed end after the will delay.
+        let without = StoredSession {
+            will_sender: None,
+            ..s.clone()
+        };
+        let old = encode_session(&without);
+        assert!(encode_session(&s).starts_with(&old));
+        assert_eq!(decode_session(&old).unwrap(), without);
         let q = QueueEntry {
             message_id: u64::MAX,
             qos: 1,

@@ -57,4 +57,7 @@ pub struct StoredSession {
     pub will_retain: bool,
     /// Will Delay Interval in seconds.
     pub will_delay: u32,
+    /// The username the will's connection logged in with: the identity its publication
+    /// is checked (group rules, ACL file) and recorded under.
+    pub will_sender: Option<String>,
 }

@@ -53,6 +53,10 @@ fn session_record(client_id: &str, state: &SessionState, disconnected: bool) -> 
         will: state.will.as_ref().map(|w| w.message.clone()),
         will_retain: state.will.as_ref().is_some_and(|w| w.retain),
         will_delay: state.will.as_ref().map_or(0, |w| w.delay),
+        will_sender: state
+            .will
+            .as_ref()
+            .and_then(|w| w.sender.as_deref().map(String::from)),
     }
 }
 

@@ -52,8 +52,9 @@ impl Events {
         });
     }
 
-    /// `reason`: `normal`, `normal_with_will`, `lost` (socket closed or keep-alive),
-    /// `protocol_error` (with `reason_code`), `shutdown`.
+    /// `reason`: `normal` and `normal_with_will` (the client's DISCONNECT, with its reason
+    /// code), `lost` (socket closed or keep-alive), `protocol_error` (with the code the
+    /// broker sent), `takeover` (0x8E: another connection took the client id), `shutdown`.
     pub fn client_disconnected(&self, client: Client<'_>, reason: &str, reason_code: Option<u8>) {
         self.client_event(
             EventKind::ClientDisconnected,

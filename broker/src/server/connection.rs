@@ -54,8 +54,9 @@ pub(super) enum Deferred {
 /// Why a connection ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum End {
-    /// The client sent DISCONNECT. `with_will` for v5 reason 0x04 [MQTT-3.14.4-3].
-    Disconnected { with_will: bool },
+    /// The client sent DISCONNECT with this reason code (0 for 3.1.1); v5 reason 0x04
+    /// keeps the will [MQTT-3.14.4-3].
+    Disconnected { reason_code: u8 },
     /// The socket closed or failed, or keep-alive expired: the will is published.
     Lost,
     /// A protocol violation: v5 clients get DISCONNECT with this reason first.
@@ -419,6 +420,15 @@ impl Connection {
             }));
         }
         self.flush(writer).await;
+        // This connection ends like any other for presence and webhooks; the new one
+        // announces itself once it holds the session.
+        self.announce_offline();
+        let client = self.event_client();
+        self.broker.router.events.client_disconnected(
+            client,
+            "takeover",
+            Some(reason::SESSION_TAKEN_OVER),
+        );
         self.publish_will();
         let _ = take_over.reply.send(std::mem::take(&mut self.state));
     }
@@ -435,6 +445,16 @@ impl Connection {
             let _ = writer.shutdown().await;
         };
         let _ = tokio::time::timeout(FLUSH_ON_CLOSE, write).await;
+    }
+
+    /// Presence: this connection of its user ended (announced if it was the last).
+    fn announce_offline(&self) {
+        if let Some(address) = &self.username {
+            let router = &self.broker.router;
+            for (topic, payload) in router.presence.disconnected(address, &router.directory) {
+                router.publish_internal(&topic, payload.into(), Default::default());
+            }
+        }
     }
 
     /// This connection's client as webhook events name it.
@@ -467,15 +487,12 @@ impl Connection {
         if !matches!(end, End::Shutdown) {
             self.fail_over_round_robin();
         }
-        if let Some(address) = &self.username {
-            let router = &self.broker.router;
-            for (topic, payload) in router.presence.disconnected(address, &router.directory) {
-                router.publish_internal(&topic, payload.into(), Default::default());
-            }
-        }
+        self.announce_offline();
         let (why, code) = match end {
-            End::Disconnected { with_will: false } => ("normal", None),
-            End::Disconnected { with_will: true } => ("normal_with_will", None),
+            End::Disconnected {
+                reason_code: reason::DISCONNECT_WITH_WILL,
+            } => ("normal_with_will", Some(reason::DISCONNECT_WITH_WILL)),
+            End::Disconnected { reason_code } => ("normal", Some(reason_code)),
             End::Lost => ("lost", None),
             End::Violation(code) => ("protocol_error", Some(code)),
             End::Shutdown => ("shutdown", None),
@@ -487,7 +504,9 @@ impl Connection {
             .client_disconnected(client, why, code);
         match end {
             // Normal DISCONNECT: the will is discarded [MQTT-3.1.2-10].
-            End::Disconnected { with_will: false } => self.state.will = None,
+            End::Disconnected { reason_code } if reason_code != reason::DISCONNECT_WITH_WILL => {
+                self.state.will = None
+            }
             // Shutdown: the record keeps the will, published after the restart (the
             // client did not disconnect normally).
             End::Shutdown => {}
@@ -580,6 +599,7 @@ impl Connection {
                 self.broker.clone(),
                 *will,
                 self.client_id.clone(),
+                self.username.clone(),
                 self.id,
                 self.state.expiry_interval,
             ),

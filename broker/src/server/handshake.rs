@@ -7,6 +7,7 @@ use super::{Broker, Refusal};
 use crate::acl::{Access, Identity};
 use crate::codec::{self, reason, ConnAck, Connect, MqttStr, Packet, Properties, ProtocolVersion};
 use crate::config::Config;
+use crate::groups::enforce;
 use crate::session::{Attached, SessionState};
 use crate::stats::Stats;
 use bytes::BytesMut;
@@ -228,19 +229,26 @@ async fn admit(
         let topic_ok = !will.topic.starts_with('$')
             && will.topic.len() <= config.max_topic_length
             && will.topic.split('/').count() <= config.max_topic_levels;
+        if !topic_ok {
+            return Err(reason::TOPIC_NAME_INVALID);
+        }
+        // The will must be one the client could publish now: group topics by the group's
+        // rules, the rest by the ACL file (checked again when it is published).
         let who = Identity {
             username: username.as_deref(),
             client_id: &client_id,
         };
-        let acl_ok = broker
-            .router
-            .acl()
-            .is_none_or(|acl| acl.check_topic(who, &will.topic, Access::Write));
-        if !topic_ok {
-            return Err(reason::TOPIC_NAME_INVALID);
-        }
-        if !acl_ok {
-            return Err(reason::NOT_AUTHORIZED);
+        let directory = &broker.router.directory;
+        match enforce::check_publish(directory, username.as_deref(), &will.topic) {
+            Err(enforce::Refusal::BadTopic(_)) => return Err(reason::TOPIC_NAME_INVALID),
+            Err(_) => return Err(reason::NOT_AUTHORIZED),
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let acl = broker.router.acl();
+                if !acl.is_none_or(|acl| acl.check_topic(who, &will.topic, Access::Write)) {
+                    return Err(reason::NOT_AUTHORIZED);
+                }
+            }
         }
     }
 
@@ -317,7 +325,7 @@ async fn admit(
     state.will = connect
         .will
         .as_ref()
-        .map(|will| Box::new(super::will::record(will, &client_id)));
+        .map(|will| Box::new(super::will::record(will, &client_id, username.as_ref())));
     broker.persist_session(&client_id, &mut state, false);
     if state.persisted {
         // From now on its QoS >= 1 deliveries are stored (a resumed session keeps its

@@ -504,28 +504,27 @@ impl Connection {
                 RetainHandling::SendAtSubscribeIfNew => !existed,
                 RetainHandling::DoNotSend => false,
             };
-        if let Some(Ok(GroupTopic::Presence { gid })) = crate::groups::parse_topic(plain) {
-            // Who is in the group and online, for this subscriber only [SPEC §8].
-            if let Some(group) = directory.group(gid) {
-                let payload = self.broker.router.presence.snapshot(&group);
-                let publish = Publish {
-                    dup: false,
-                    qos: QoS::AtMostOnce,
-                    retain: false,
-                    topic: MqttStr::from(plain),
-                    packet_id: 0,
-                    properties: Default::default(),
-                    payload: payload.into(),
-                };
-                retained.push(Delivery {
-                    message: std::sync::Arc::new(Message::new(publish, std::sync::Arc::from(""))),
-                    qos: QoS::AtMostOnce,
-                    retain: false,
-                    subscription_ids: subscription_id.into_iter().collect(),
-                    stored: None,
-                    redelivery: false,
-                });
-            }
+        // Who is in the group and online, for this subscriber only [SPEC §8].
+        let username = self.username.as_deref();
+        for group in enforce::presence_snapshots(directory, username, plain) {
+            let payload = self.broker.router.presence.snapshot(&group);
+            let publish = Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: false,
+                topic: MqttStr::from(format!("$groups/{}/presence", group.gid)),
+                packet_id: 0,
+                properties: Default::default(),
+                payload: payload.into(),
+            };
+            retained.push(Delivery {
+                message: std::sync::Arc::new(Message::new(publish, std::sync::Arc::from(""))),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                subscription_ids: subscription_id.into_iter().collect(),
+                stored: None,
+                redelivery: false,
+            });
         }
         if send_retained {
             let acl = self.broker.router.acl();
@@ -589,8 +588,9 @@ impl Connection {
             }
             self.state.expiry_interval = expiry.min(self.config.mqtt.max_session_expiry_secs);
         }
-        let with_will = disconnect.reason_code == reason::DISCONNECT_WITH_WILL;
-        self.end(End::Disconnected { with_will });
+        self.end(End::Disconnected {
+            reason_code: disconnect.reason_code,
+        });
     }
 }
 

@@ -574,6 +574,7 @@ fn restore_sessions(broker: &Arc<Broker>, sessions: Vec<rookery_storage::Recover
                 message,
                 retain: stored.will_retain,
                 delay: stored.will_delay,
+                sender: stored.will_sender.as_deref().map(Arc::from),
             };
             let remaining = will::remaining_delay(stored);
             if !remaining.is_zero() {
@@ -586,6 +587,7 @@ fn restore_sessions(broker: &Arc<Broker>, sessions: Vec<rookery_storage::Recover
                         will: None,
                         will_retain: false,
                         will_delay: 0,
+                        will_sender: None,
                         ..stored.clone()
                     },
                 ))]);

@@ -3,9 +3,12 @@
 //! than the end of the session [MQTT-3.1.2-8].
 
 use super::Broker;
+use crate::acl::{Access, Identity};
 use crate::codec::{LastWill, Publish};
+use crate::groups::{enforce, GroupTopic};
 use crate::message::Message;
 use crate::session::WillRecord;
+use crate::stats::Stats;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +17,7 @@ pub(super) fn schedule(
     broker: Arc<Broker>,
     will: LastWill,
     client_id: Arc<str>,
+    sender: Option<Arc<str>>,
     connection_id: u64,
     session_expiry: u32,
 ) -> bool {
@@ -26,7 +30,11 @@ pub(super) fn schedule(
     let publisher = client_id.clone();
     publish_after(
         &broker,
-        move || Message::new(will_publish(will), publisher),
+        move || {
+            let mut message = Message::new(will_publish(will), publisher);
+            message.sender = sender;
+            message
+        },
         client_id,
         connection_id,
         Duration::from_secs(u64::from(delay)),
@@ -45,8 +53,10 @@ fn publish_after(
 ) -> bool {
     if delay.is_zero() {
         let message = message();
-        tracing::debug!(%client_id, topic = %message.topic, "publishing will");
-        broker.router.publish(message, None);
+        if allowed(broker, &message) {
+            tracing::debug!(%client_id, topic = %message.topic, "publishing will");
+            broker.router.publish(message, None);
+        }
         return true;
     }
     let broker = broker.clone();
@@ -57,11 +67,45 @@ fn publish_after(
             return;
         }
         let message = message();
-        tracing::debug!(%client_id, topic = %message.topic, "publishing delayed will");
-        broker.router.publish(message, None);
+        if allowed(&broker, &message) {
+            tracing::debug!(%client_id, topic = %message.topic, "publishing delayed will");
+            broker.router.publish(message, None);
+        }
         forget_stored_will(&broker, &client_id, connection_id);
     });
     false
+}
+
+/// Whether a will may be published now. A will is its client's message: it passes the
+/// same group rules (`send`, or `pub` on live topics, for its user) and ACL file as the
+/// client's PUBLISH would [SPEC §6], decided when it is published, since the rules may
+/// have changed since CONNECT (a member removed meanwhile loses the will too).
+fn allowed(broker: &Broker, message: &Message) -> bool {
+    let directory = &broker.router.directory;
+    let sender = message.sender.as_deref();
+    let allowed = match enforce::check_publish(directory, sender, &message.topic) {
+        Ok(Some(GroupTopic::Message { gid, .. })) => {
+            // `expiryext` pushes the expiry on each group message.
+            directory.on_group_message(gid, crate::groups::now_secs());
+            true
+        }
+        // A will is never a real-time API request (CONNECT refuses `$` will topics).
+        Ok(Some(GroupTopic::Ops)) => false,
+        Ok(Some(_)) => true,
+        Ok(None) => broker.router.acl().is_none_or(|acl| {
+            let who = Identity {
+                username: sender,
+                client_id: &message.publisher,
+            };
+            acl.check_topic(who, &message.topic, Access::Write)
+        }),
+        Err(_) => false,
+    };
+    if !allowed {
+        Stats::add(&broker.stats.acl_denied, 1);
+        tracing::info!(client_id = %message.publisher, topic = %message.topic, "will not authorized: dropped");
+    }
+    allowed
 }
 
 /// After a delayed will was published: the session's record no longer carries it, so a
@@ -79,11 +123,16 @@ fn forget_stored_will(broker: &Broker, client_id: &str, connection_id: u64) {
 }
 
 /// The will as a persistent session's record keeps it.
-pub(super) fn record(will: &LastWill, client_id: &Arc<str>) -> WillRecord {
+pub(super) fn record(
+    will: &LastWill,
+    client_id: &Arc<str>,
+    sender: Option<&Arc<str>>,
+) -> WillRecord {
     WillRecord {
         message: Message::new(will_publish(will.clone()), client_id.clone()).to_stored(),
         retain: will.retain,
         delay: will.properties.will_delay_interval.unwrap_or(0),
+        sender: sender.cloned(),
     }
 }
 
@@ -101,6 +150,7 @@ pub(super) fn schedule_recovered(
         return;
     };
     message.retain = will.retain;
+    message.sender = will.sender;
     // Connection ids start at 1: any connection since the restart is a reconnect.
     publish_after(broker, move || message, client_id, 0, remaining);
 }

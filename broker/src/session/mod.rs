@@ -63,6 +63,9 @@ pub struct WillRecord {
     pub retain: bool,
     /// Will Delay Interval, seconds.
     pub delay: u32,
+    /// The username of the connection that set the will: its publication is checked and
+    /// recorded (group history's `from`) as that user's.
+    pub sender: Option<Arc<str>>,
 }
 
 impl SessionState {

@@ -259,6 +259,7 @@ pub fn session(client_id: &str, stamp: u64) -> StoredSession {
         will: (stamp % 2 == 1).then(|| message("will", b"bye", stamp)),
         will_retain: stamp % 2 == 1 && stamp.is_multiple_of(3),
         will_delay: (stamp % 7) as u32,
+        will_sender: (stamp % 2 == 1).then(|| format!("user-{stamp}")),
     }
 }
 
