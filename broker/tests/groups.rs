@@ -634,6 +634,63 @@ async fn presence_snapshot_then_online_and_offline_announcements() {
     broker.stop().await;
 }
 
+/// A take-over ends the old connection for presence too: the user's last connection
+/// leaving afterwards is announced offline (the count of connections stays right).
+#[tokio::test]
+async fn presence_survives_a_session_take_over() {
+    let broker = TestBroker::start().await;
+    let gid = group(
+        &broker,
+        Permissions::default(),
+        0,
+        &["w", "t"],
+        MemberPermissionsPatch::default(),
+    );
+    let mut watcher = v5_user(&broker, "w").await;
+    watcher
+        .subscribe(&format!("$groups/{gid}/presence"), v5::QoS::AtLeastOnce)
+        .await;
+    watcher.recv_publish().await; // the snapshot
+    let presence = |payload: &[u8]| {
+        let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+        (
+            v["address"].as_str().map(String::from),
+            v["online"].as_bool(),
+        )
+    };
+    let token = broker.token("t");
+    let login = |o: &mut rumqttc::MqttOptions| {
+        o.set_credentials("t", token.clone());
+    };
+    let mut first = v4::connect_with(broker.addr, "t-phone", login)
+        .await
+        .unwrap();
+    assert_eq!(
+        presence(&watcher.recv_publish().await.payload),
+        (Some("t".into()), Some(true))
+    );
+    let second = v4::connect_with(broker.addr, "t-phone", login)
+        .await
+        .unwrap();
+    first.wait_closed().await;
+    // The old connection went offline and the new one came online.
+    assert_eq!(
+        presence(&watcher.recv_publish().await.payload),
+        (Some("t".into()), Some(false))
+    );
+    assert_eq!(
+        presence(&watcher.recv_publish().await.payload),
+        (Some("t".into()), Some(true))
+    );
+    second.disconnect().await;
+    assert_eq!(
+        presence(&watcher.recv_publish().await.payload),
+        (Some("t".into()), Some(false)),
+        "the user's last connection left"
+    );
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn the_real_time_api_over_groups_ops_with_replies_and_admin_flags() {
     let broker = TestBroker::start().await;

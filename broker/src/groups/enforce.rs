@@ -5,6 +5,7 @@ use super::acl::{decide, Allow, Deny, Who};
 use super::directory::Directory;
 use super::model::{Action, Gid, Group};
 use super::{now_secs, parse_topic, GroupTopic};
+use crate::codec::topic::filter_matches;
 use std::sync::Arc;
 
 /// A message on a group topic, as routing needs it: the group's snapshot at routing
@@ -168,11 +169,21 @@ pub fn check_subscribe(
             }
             last.map(|_| ()).map_err(Refusal::Denied)
         }
-        ("$groups", Some(gid)) => {
-            let gid: Gid = gid.parse().map_err(|_| Refusal::Reserved)?;
-            if rest.as_slice() != ["presence"] {
+        // Presence is all that is delivered under `$groups/`: a filter that can match
+        // presence topics only, over one group (checked like a name: `list` now) or over
+        // groups (each announcement is checked against `list`, like group messages).
+        ("$groups", Some(level)) => {
+            let over_presence = matches!(
+                (level, rest.as_slice()),
+                ("#", []) | (_, ["presence" | "+" | "#"] | ["presence" | "+", "#"])
+            );
+            if !over_presence {
                 return Err(Refusal::Reserved);
             }
+            if matches!(level, "+" | "#") {
+                return Ok(());
+            }
+            let gid: Gid = level.parse().map_err(|_| Refusal::Reserved)?;
             let group = directory.group(gid).ok_or(Refusal::NoGroup)?;
             decide(who, &group, Action::List, 0, now)
                 .map(|_| ())
@@ -194,6 +205,32 @@ pub fn check_subscribe(
         ("$users", None) => Err(Refusal::Reserved),
         _ => Ok(()),
     }
+}
+
+/// The groups whose presence snapshot a new subscription to `filter` (non-shared) gets:
+/// the group `$groups/{gid}/presence` names, or, for a wildcard over presence topics, the
+/// subscriber's own groups whose presence it matches; only those it may list now.
+pub fn presence_snapshots(
+    directory: &Directory,
+    username: Option<&str>,
+    filter: &str,
+) -> Vec<Arc<Group>> {
+    if !filter.starts_with("$groups/") {
+        return Vec::new();
+    }
+    let gids = match parse_topic(filter) {
+        Some(Ok(GroupTopic::Presence { gid })) => vec![gid],
+        // Wildcards: not every group anyone may list (that could be all of them), but
+        // the subscriber's own.
+        _ => username.map(|u| directory.groups_of(u)).unwrap_or_default(),
+    };
+    let who = username.map_or(Who::Anonymous, Who::User);
+    let now = now_secs();
+    gids.into_iter()
+        .filter(|gid| filter_matches(filter, &format!("$groups/{gid}/presence")))
+        .filter_map(|gid| directory.group(gid))
+        .filter(|group| decide(who, group, Action::List, 0, now).is_ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -259,6 +296,64 @@ mod tests {
         assert!(check_subscribe(&dir, Some("bob"), "$users/+/events").is_err());
         assert!(check_subscribe(&dir, Some("alice"), &format!("$groups/{gid}/presence")).is_ok());
         assert!(check_subscribe(&dir, Some("bob"), &format!("$groups/{gid}/presence")).is_err());
+        // Wildcards over presence: accepted (each announcement is checked); one group
+        // named with a wildcard after it is checked like its name.
+        for filter in [
+            "$groups/#",
+            "$groups/+/presence",
+            "$groups/+/#",
+            "$groups/+/+",
+        ] {
+            assert!(
+                check_subscribe(&dir, Some("bob"), filter).is_ok(),
+                "{filter}"
+            );
+        }
+        for filter in [
+            "$groups/{gid}/#",
+            "$groups/{gid}/+",
+            "$groups/{gid}/presence/#",
+        ] {
+            let filter = filter.replace("{gid}", &gid.to_string());
+            assert!(
+                check_subscribe(&dir, Some("alice"), &filter).is_ok(),
+                "{filter}"
+            );
+            assert!(
+                check_subscribe(&dir, Some("bob"), &filter).is_err(),
+                "{filter}"
+            );
+        }
+        // Nothing else is delivered under `$groups/`: the real-time API is publish-only.
+        for filter in [
+            "$groups/ops",
+            "$groups/+",
+            "$groups/+/live",
+            "$groups/x/presence",
+        ] {
+            assert_eq!(
+                check_subscribe(&dir, Some("alice"), filter),
+                Err(Refusal::Reserved),
+                "{filter}"
+            );
+        }
+        let snapshots = |who, filter: &str| -> Vec<Gid> {
+            presence_snapshots(&dir, who, filter)
+                .iter()
+                .map(|g| g.gid)
+                .collect()
+        };
+        assert_eq!(snapshots(Some("alice"), "$groups/+/presence"), vec![gid]);
+        assert_eq!(
+            snapshots(Some("alice"), &format!("$groups/{gid}/presence")),
+            vec![gid]
+        );
+        assert!(
+            snapshots(Some("bob"), "$groups/#").is_empty(),
+            "not a member"
+        );
+        assert!(snapshots(None, "$groups/#").is_empty());
+        assert!(snapshots(Some("alice"), "groups/#").is_empty());
         assert!(check_subscribe(&dir, None, "$SYS/#").is_ok());
 
         let route = GroupRoute::for_topic(&topic, &dir).unwrap();
