@@ -432,20 +432,25 @@ impl Router {
     /// A round-robin message no member could take: queued for the first eligible member
     /// that comes online or subscribes (not for no-store groups, which drop it). A
     /// QoS 1/2 message is stored with the group's queue: the ticket its acknowledgement
-    /// waits for.
+    /// waits for. A QoS 0 message waits too [SPEC §7: "the message waits"], in memory
+    /// only, like any QoS 0 message it may be lost by a restart.
     fn wait_for_receiver(
         &self,
         group: &GroupRoute,
         message: &Arc<Message>,
     ) -> Option<crate::durable::Ticket> {
-        if !group.may_store() || message.qos == QoS::AtMostOnce {
+        if !group.may_store() {
             Stats::add(&self.stats.dropped_no_receiver, 1);
             self.events
                 .dropped(Some(&message.topic), None, "no_receiver");
             return None;
         }
         let mut ops = Vec::new();
-        let id = self.durable.as_ref().map(|durable| {
+        let durable = self
+            .durable
+            .as_ref()
+            .filter(|_| message.qos != QoS::AtMostOnce);
+        let id = durable.map(|durable| {
             let id = durable.allocate_message_id();
             ops.push(Op::PutRecord {
                 space: rookery_storage::Space::GroupQueues,
@@ -473,6 +478,9 @@ impl Router {
         }
         queue.push_back((id, message.clone()));
         drop(waiting);
+        if ops.is_empty() {
+            return None;
+        }
         let durable = self.durable.as_ref()?;
         Some(durable.submit(ops))
     }
