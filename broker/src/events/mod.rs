@@ -400,7 +400,16 @@ impl Events {
     pub fn retry(&self, letter: DeadLetter) -> Option<Ticket> {
         let current = self.shared.current.load();
         let inner = current.as_ref()?;
-        let (event, ticket) = inner.outbox.revive(letter.endpoint, letter.event)?;
+        let mut event = letter.event;
+        // A message event renders its `ts` from `created_ms`, which the retry renews (its
+        // fresh age): render it now, so the body sent again is the one listed, `ts` the
+        // time of the message.
+        if let (Body::Message(_), Some(config)) =
+            (&event.body, inner.bridge.endpoints().get(letter.endpoint))
+        {
+            event.body = Body::Json(event.render(config));
+        }
+        let (event, ticket) = inner.outbox.revive(letter.endpoint, event)?;
         inner.bridge.requeue(letter.endpoint, event);
         ticket
     }
