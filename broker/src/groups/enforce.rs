@@ -207,7 +207,7 @@ pub fn check_subscribe(
     }
 }
 
-/// The groups whose presence snapshot a new subscription to `filter` (non-shared) gets:
+/// The groups whose presence snapshot a new subscription to `filter` (without `$share/`) gets:
 /// the group `$groups/{gid}/presence` names, or, for a wildcard over presence topics, the
 /// subscriber's own groups whose presence it matches; only those it may list now.
 pub fn presence_snapshots(
