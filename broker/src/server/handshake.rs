@@ -4,10 +4,8 @@
 use super::connection::Connection;
 use super::transport::{TransportRead, TransportWrite};
 use super::{Broker, Refusal};
-use crate::acl::{Access, Identity};
 use crate::codec::{self, reason, ConnAck, Connect, MqttStr, Packet, Properties, ProtocolVersion};
 use crate::config::Config;
-use crate::groups::enforce;
 use crate::session::{Attached, SessionState};
 use crate::stats::Stats;
 use bytes::BytesMut;
@@ -232,24 +230,9 @@ async fn admit(
         if !topic_ok {
             return Err(reason::TOPIC_NAME_INVALID);
         }
-        // The will must be one the client could publish now: group topics by the group's
-        // rules, the rest by the ACL file (checked again when it is published).
-        let who = Identity {
-            username: username.as_deref(),
-            client_id: &client_id,
-        };
-        let directory = &broker.router.directory;
-        match enforce::check_publish(directory, username.as_deref(), &will.topic) {
-            Err(enforce::Refusal::BadTopic(_)) => return Err(reason::TOPIC_NAME_INVALID),
-            Err(_) => return Err(reason::NOT_AUTHORIZED),
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                let acl = broker.router.acl();
-                if !acl.is_none_or(|acl| acl.check_topic(who, &will.topic, Access::Write)) {
-                    return Err(reason::NOT_AUTHORIZED);
-                }
-            }
-        }
+        // The will must be one the client could publish now (checked again when it is
+        // published).
+        super::will::authorize(&broker, username.as_deref(), &client_id, &will.topic)?;
     }
 
     // Keep-alive: the server cap reaches v5 clients as Server Keep Alive, which they must

@@ -4,8 +4,8 @@
 
 use super::Broker;
 use crate::acl::{Access, Identity};
-use crate::codec::{LastWill, Publish};
-use crate::groups::{enforce, GroupTopic};
+use crate::codec::{reason, LastWill, Publish};
+use crate::groups::{enforce, Gid, GroupTopic};
 use crate::message::Message;
 use crate::session::WillRecord;
 use crate::stats::Stats;
@@ -81,31 +81,55 @@ fn publish_after(
 /// client's PUBLISH would [SPEC §6], decided when it is published, since the rules may
 /// have changed since CONNECT (a member removed meanwhile loses the will too).
 fn allowed(broker: &Broker, message: &Message) -> bool {
-    let directory = &broker.router.directory;
     let sender = message.sender.as_deref();
-    let allowed = match enforce::check_publish(directory, sender, &message.topic) {
-        Ok(Some(GroupTopic::Message { gid, .. })) => {
-            // `expiryext` pushes the expiry on each group message.
-            directory.on_group_message(gid, crate::groups::now_secs());
+    match authorize(broker, sender, &message.publisher, &message.topic) {
+        Ok(group) => {
+            if let Some(gid) = group {
+                // `expiryext` pushes the expiry on each group message.
+                let directory = &broker.router.directory;
+                directory.on_group_message(gid, crate::groups::now_secs());
+            }
             true
         }
-        // A will is never a real-time API request (CONNECT refuses `$` will topics).
-        Ok(Some(GroupTopic::Ops)) => false,
-        Ok(Some(_)) => true,
-        Ok(None) => broker.router.acl().is_none_or(|acl| {
-            let who = Identity {
-                username: sender,
-                client_id: &message.publisher,
-            };
-            acl.check_topic(who, &message.topic, Access::Write)
-        }),
-        Err(_) => false,
-    };
-    if !allowed {
-        Stats::add(&broker.stats.acl_denied, 1);
-        tracing::info!(client_id = %message.publisher, topic = %message.topic, "will not authorized: dropped");
+        Err(_) => {
+            Stats::add(&broker.stats.acl_denied, 1);
+            tracing::info!(client_id = %message.publisher, topic = %message.topic, "will not authorized: dropped");
+            false
+        }
     }
-    allowed
+}
+
+/// The one decision on a will's topic, at CONNECT and at publication: as for a PUBLISH
+/// of `username`, group topics by the group's rules, the rest by the ACL file.
+/// `Ok(Some(gid))` for a group message; `Err` is the reason code a CONNECT carrying
+/// the will is refused with.
+pub(super) fn authorize(
+    broker: &Broker,
+    username: Option<&str>,
+    client_id: &str,
+    topic: &str,
+) -> Result<Option<Gid>, u8> {
+    let directory = &broker.router.directory;
+    match enforce::check_publish(directory, username, topic) {
+        Ok(Some(GroupTopic::Message { gid, .. })) => Ok(Some(gid)),
+        // A will is never a real-time API request (CONNECT refuses `$` will topics).
+        Ok(Some(GroupTopic::Ops)) => Err(reason::NOT_AUTHORIZED),
+        Ok(Some(_)) => Ok(None),
+        Ok(None) => {
+            let who = Identity {
+                username,
+                client_id,
+            };
+            let acl = broker.router.acl();
+            if acl.is_none_or(|acl| acl.check_topic(who, topic, Access::Write)) {
+                Ok(None)
+            } else {
+                Err(reason::NOT_AUTHORIZED)
+            }
+        }
+        Err(enforce::Refusal::BadTopic(_)) => Err(reason::TOPIC_NAME_INVALID),
+        Err(_) => Err(reason::NOT_AUTHORIZED),
+    }
 }
 
 /// After a delayed will was published: the session's record no longer carries it, so a
